@@ -1,0 +1,20 @@
+"""Arguments and options shared by several commands, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import click
+
+recipe_argument = click.argument(
+    "recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False, path_type=str)
+)
+frozen_option = click.option(
+    "--frozen",
+    is_flag=True,
+    help="Fail instead of re-locking when the lock is missing or has drifted (for CI).",
+)
+mode_option = click.option(
+    "--mode",
+    type=click.Choice(["baked", "volume"]),
+    default=None,
+    help="Weights baked into the image, or on a RunPod network volume (default: the recipe's `mode`).",
+)

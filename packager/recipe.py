@@ -1,0 +1,358 @@
+"""Recipes: the declarative YAML a user writes, validated into typed settings.
+
+Validation errors are the first thing a new user sees, so each one is a single line that names the
+file, the line and the field (`recipes/x.yaml:7: precision: must be one of fp16, bf16, fp32 (got
+'half')`). We get line numbers by composing the YAML into nodes (which keep their marks) and
+walking pydantic's error location through them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from packager.errors import RecipeError
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+HUB_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+DEFAULT_STORE = "build/store"
+# A CUDA PyTorch runtime image: what RunPod's GPUs need, with torch already installed so the
+# worker layer stays small. Users override it with `image.base` or BASE_IMAGE.
+DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
+DEFAULT_MOUNT = "/runpod-volume"
+
+Precision = Literal["fp16", "bf16", "fp32"]
+Mode = Literal["baked", "volume"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where the weights come from: exactly one of `repo`, `path`, `file` or `url`."""
+
+    repo: str | None = Field(default=None, pattern=HUB_REPO_RE)
+    revision: str = "main"
+    variant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    path: str | None = None
+    file: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # The diffusers config a single-file checkpoint follows: a hub repo id, or a local diffusers
+    # folder (only its configs and tokenizer are read).
+    config: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        kinds = [k for k in ("repo", "path", "file", "url") if getattr(self, k)]
+        if len(kinds) != 1:
+            got = ", ".join(kinds) if kinds else "none"
+            raise ValueError(f"give exactly one of repo, path, file or url (got {got})")
+        if kinds[0] in ("file", "url") and not self.config:
+            raise ValueError("a single-file checkpoint needs `config` (a hub repo id or a local folder)")
+        if kinds[0] != "repo" and self.variant:
+            raise ValueError("`variant` applies to hub repos only")
+        return self
+
+    @property
+    def kind(self) -> Literal["hub", "path", "file", "url"]:
+        if self.repo:
+            return "hub"
+        if self.path:
+            return "path"
+        if self.file:
+            return "file"
+        return "url"
+
+
+class Components(_Strict):
+    drop: tuple[str, ...] = ()
+
+    @field_validator("drop")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_]+$", name):
+                raise ValueError(f"not a component name: {name!r}")
+        return tuple(sorted(set(value)))
+
+
+class Store(_Strict):
+    """`uri` is `s3://bucket/prefix` or a local directory. Credentials never go here: boto3's chain."""
+
+    uri: str = DEFAULT_STORE
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    profile: str | None = None
+    region: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError(f"must be s3://bucket/prefix or a local directory (got {value!r})")
+        if value.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$", value):
+            raise ValueError(f"not a valid S3 bucket URI: {value!r}")
+        return value.rstrip("/") if value != "/" else value
+
+
+class Image(_Strict):
+    repository: str = Field(default="localhost/packager", pattern=r"^[a-z0-9][a-z0-9._:/-]*$")
+    base: str = DEFAULT_BASE_IMAGE
+    tags: tuple[str, ...] = ()
+    push: bool = False
+    platform: str = "linux/amd64"
+    # Whether the base image already has torch (CUDA PyTorch images do): then the worker
+    # requirements are installed against it instead of replacing it.
+    base_has_torch: bool = True
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
+                raise ValueError(f"not a valid image tag: {tag!r}")
+        return value
+
+
+class Volume(_Strict):
+    """A RunPod network volume. The S3 API keys are a separate RunPod "S3 API key", from the env."""
+
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    datacenter: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]+$")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    mount: str = DEFAULT_MOUNT
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        if self.endpoint_url:
+            return self.endpoint_url
+        if self.datacenter:
+            return f"https://s3api-{self.datacenter.lower()}.runpod.io"
+        return None
+
+
+class WorkerDefaults(_Strict):
+    num_inference_steps: int = Field(default=25, ge=1)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    width: int | None = Field(default=None, ge=8)
+    height: int | None = Field(default=None, ge=8)
+    num_images: int = Field(default=1, ge=1)
+    negative_prompt: str = ""
+
+
+class WorkerLimits(_Strict):
+    max_steps: int = Field(default=100, ge=1)
+    max_width: int = Field(default=1024, ge=8)
+    max_height: int = Field(default=1024, ge=8)
+    max_images: int = Field(default=4, ge=1)
+    max_pixels: int = Field(default=1024 * 1024, ge=64)
+    max_guidance: float = Field(default=30.0, ge=0)
+
+
+class Worker(_Strict):
+    defaults: WorkerDefaults = WorkerDefaults()
+    limits: WorkerLimits = WorkerLimits()
+    warmup: bool = False
+    # Hash every weight file at start (slow); the default checks presence and sizes.
+    verify_hashes: bool = False
+
+
+class Deploy(_Strict):
+    """RunPod serverless endpoint settings (`packager deploy`)."""
+
+    endpoint_name: str | None = None
+    template_name: str | None = None
+    gpu_ids: str = "AMPERE_24,ADA_24"
+    gpu_count: int = Field(default=1, ge=1)
+    workers_min: int = Field(default=0, ge=0)
+    workers_max: int = Field(default=3, ge=0)
+    idle_timeout: int = Field(default=5, ge=1)
+    flashboot: bool = True
+    scaler_type: Literal["QUEUE_DELAY", "REQUEST_COUNT"] = "QUEUE_DELAY"
+    scaler_value: int = Field(default=4, ge=1)
+    # Kept below the endpoint's own timeout so a stuck job fails instead of holding a worker.
+    execution_timeout_ms: int = Field(default=300_000, ge=1000)
+    container_disk_gb: int = Field(default=20, ge=1)
+    allowed_cuda_versions: tuple[str, ...] = ()
+    locations: str | None = None
+    registry_auth_id: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    # Environment variable → name of a RunPod secret; sent as `{{ RUNPOD_SECRET_<name> }}`.
+    secrets: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _workers(self) -> Deploy:
+        if self.workers_max < self.workers_min:
+            raise ValueError(f"workers_max ({self.workers_max}) is below workers_min ({self.workers_min})")
+        return self
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    source: Source
+    precision: Precision = "fp16"
+    fp16_overflow: Literal["fail", "keep_fp32"] = "fail"
+    pipeline: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    scheduler: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    components: Components = Components()
+    mode: Mode = "baked"
+    store: Store = Store()
+    image: Image = Image()
+    volume: Volume = Volume()
+    worker: Worker = Worker()
+    deploy: Deploy = Deploy()
+
+    # Not part of the YAML: where the recipe was read from (for relative paths and the lock).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def packing_settings(self) -> dict[str, Any]:
+        """The settings that change the artifact's bytes (hashed into the lock's fingerprint)."""
+        return {
+            "precision": self.precision,
+            "fp16_overflow": self.fp16_overflow,
+            "pipeline": self.pipeline,
+            "scheduler": self.scheduler,
+            "drop": list(self.components.drop),
+        }
+
+
+class LoadedRecipe(BaseModel):
+    """A validated recipe plus the file it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    recipe: Recipe
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def resolve(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe's folder unless absolute."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def store_uri(self) -> str:
+        """The store as a URI: s3:// as written, a local directory resolved to an absolute path.
+
+        The embedded default (`build/store`) is relative to the working directory, not the recipe,
+        so every recipe shares one local store unless it names its own.
+        """
+        uri = self.recipe.store.uri
+        if uri.startswith("s3://"):
+            return uri
+        if uri == DEFAULT_STORE:
+            return str(Path(uri).resolve())
+        return str(self.resolve(uri).resolve())
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    """Read and validate a recipe; any problem raises RecipeError with one `file:line: field: why`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc.__class__.__name__})") from None
+    return LoadedRecipe(recipe=parse_recipe(text, str(path)), path=path)
+
+
+def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{filename}:{line}: not valid YAML: {problem}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # odd scalars PyYAML cannot construct
+        raise RecipeError(f"{filename}:1: not valid YAML: {exc.__class__.__name__}") from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise RecipeError(f"{filename}:1: a recipe must be a mapping of fields (got {kind})")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(err["loc"])
+        line = _line_of(node, loc, key=err["type"] == "extra_forbidden")
+        field = ".".join(str(p) for p in loc) or "recipe"
+        raise RecipeError(f"{filename}:{line}: {field}: {_message(err)}") from None
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = expected.replace("'", "").replace(" or ", ", ")
+        return f"must be one of {choices} (got {got!r})"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "is required"
+    if kind == "string_pattern_mismatch":
+        return f"invalid value {_short(got)}"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    msg = str(err["msg"])
+    return f"{msg[0].lower()}{msg[1:]} (got {_short(got)})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _line_of(node: Any, loc: tuple[Any, ...], *, key: bool) -> int:
+    """1-based line of the YAML node at `loc` (the key itself for unknown fields)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for i, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    is_last = i == len(loc) - 1
+                    node = k if (key and is_last) else v
+                    line = node.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def dump_normalised(loaded: LoadedRecipe) -> dict[str, Any]:
+    """The recipe with every default filled in, as `packager validate` prints it."""
+    data = loaded.recipe.model_dump(mode="json")
+    data["store"]["uri"] = loaded.store_uri()
+    src = data["source"]
+    for key in ("path", "file"):
+        if src.get(key):
+            src[key] = str(loaded.resolve(src[key]).resolve())
+    if src.get("config") and not _looks_like_repo_id(src["config"], loaded):
+        src["config"] = str(loaded.resolve(src["config"]).resolve())
+    return {k: v for k, v in data.items()}
+
+
+def _looks_like_repo_id(value: str, loaded: LoadedRecipe) -> bool:
+    return bool(re.match(HUB_REPO_RE, value)) and not loaded.resolve(value).exists()

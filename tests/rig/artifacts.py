@@ -1,0 +1,29 @@
+"""Ready-made tiny artifacts for tests of the stages after convert (store, volume, worker, images).
+
+They are made by the real converter from a tiny fixture pipeline, once per session and cached, so
+every downstream test works on exactly what `packager convert` produces.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.rig.models import save_sd_pipeline
+
+
+def tiny_source(folder: Path, seed: int = 0, with_safety_checker: bool = False) -> Path:
+    if not (folder / "model_index.json").exists():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_sd_pipeline(tmp, seed=seed, with_safety_checker=with_safety_checker)
+        tmp.rename(folder)
+    return folder
+
+
+def tiny_recipe(folder: Path, source: Path, name: str = "tiny", extra: str = "") -> Path:
+    """Write a minimal recipe for `source` into `folder` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / f"{name}.yaml"
+    recipe.write_text(f"name: {name}\nsource:\n  path: {source}\n{extra}")
+    return recipe
