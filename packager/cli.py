@@ -11,7 +11,7 @@ import sys
 import click
 
 from packager import __version__
-from packager.commands import core, deploy, image, package, plan, store
+from packager.commands import core, deploy, image, package, plan, serve, source, store
 from packager.errors import PackagerError
 
 
@@ -25,7 +25,7 @@ def cli() -> None:
     """
 
 
-for _module in (core, store, image, package, deploy, plan):
+for _module in (core, source, store, image, serve, package, deploy, plan):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

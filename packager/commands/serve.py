@@ -1,0 +1,5 @@
+"""(filled in by its issue)."""
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,48 @@
+"""Names derived from an artifact: image tags and the worker's environment.
+
+Render, build, deploy and serve all need the same answers; computing them in one place keeps the
+image a build pushes and the image a deploy points at from ever disagreeing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from packager.recipe import LoadedRecipe
+from worker_runtime import manifest as mf
+
+Mode = Literal["baked", "volume"]
+# Inside baked images the artifact lives here; on a volume it lives under <mount>/models/.
+BAKED_MODEL_DIR = "/models/artifact"
+
+
+def image_tag(repository: str, name: str, artifact_id: str, mode: Mode) -> str:
+    """`<repository>:<name>-<id[:12]>-<mode>`: one tag per artifact and mode, reused by endpoints."""
+    return f"{repository}:{name}-{artifact_id[: mf.SHORT_ID_LEN]}-{mode}"
+
+
+def model_dir(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> str:
+    if mode == "baked":
+        return BAKED_MODEL_DIR
+    return str(mf.volume_path(loaded.recipe.volume.mount, loaded.recipe.name, artifact_id))
+
+
+def worker_config(loaded: LoadedRecipe) -> str:
+    """The recipe's `worker` section as compact JSON (the worker's WORKER_CONFIG)."""
+    return json.dumps(loaded.recipe.worker.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def worker_env(
+    loaded: LoadedRecipe, artifact_id: str, mode: Mode, artifact_uri: str | None = None
+) -> dict[str, str]:
+    """Non-secret environment the worker reads. Credentials are never part of it."""
+    env = {
+        "MODEL_DIR": model_dir(loaded, artifact_id, mode),
+        "HF_HUB_OFFLINE": "1",
+        "WORKER_CONFIG": worker_config(loaded),
+        "VOLUME_MOUNT": loaded.recipe.volume.mount,
+    }
+    if mode == "volume" and artifact_uri:
+        env["ARTIFACT_URI"] = artifact_uri
+    return env

@@ -1,0 +1,1 @@
+"""pytest fixtures: docker (see tests/conftest.py)."""

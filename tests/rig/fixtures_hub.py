@@ -1,0 +1,1 @@
+"""pytest fixtures: hub (see tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""pytest fixtures: runpod (see tests/conftest.py)."""

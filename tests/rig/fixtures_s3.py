@@ -1,0 +1,1 @@
+"""pytest fixtures: s3 (see tests/conftest.py)."""
