@@ -1,13 +1,27 @@
-"""Recipe → artifact on local disk: lock, fetch and convert, each only when needed."""
+"""Recipe → artifact on local disk: lock, fetch and convert, each only when needed.
+
+The lock records which artifact id its fingerprint produced, so a later run knows the id without
+converting again; every downstream stage (upload, seed, image, deploy) keys off that id and asks
+for the local artifact only when it really needs the bytes.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from packager.disk import require_free
+from packager.errors import LockError
+from packager.output import note
 from packager.recipe import LoadedRecipe
 from packager.settings import build_dir
-from worker_runtime.manifest import Manifest
+from worker_runtime import manifest as mf
+
+if TYPE_CHECKING:
+    from packager.lock import Lock
 
 
 @dataclass(frozen=True)
@@ -15,7 +29,7 @@ class Artifact:
     name: str
     id: str
     dir: Path
-    manifest: Manifest
+    manifest: mf.Manifest
 
 
 def artifact_dir(name: str, artifact_id: str) -> Path:
@@ -23,14 +37,124 @@ def artifact_dir(name: str, artifact_id: str) -> Path:
     return build_dir() / "artifacts" / name / artifact_id
 
 
+def local_artifact(name: str, artifact_id: str) -> Artifact | None:
+    """The artifact if it is complete on local disk (manifest present, every file the right size)."""
+    folder = artifact_dir(name, artifact_id)
+    if not (folder / mf.MANIFEST_NAME).exists():
+        return None
+    try:
+        manifest = mf.check(folder)
+    except mf.ManifestError:
+        return None
+    return Artifact(name=name, id=artifact_id, dir=folder, manifest=manifest)
+
+
 def known_artifact_id(loaded: LoadedRecipe, *, frozen: bool = False) -> str | None:
     """The artifact id the lock records for the recipe's current settings, without converting.
 
-    None when the lock is missing, stale, or has never been converted.
+    None when the lock is missing, stale, or has never been converted. With `frozen`, a missing or
+    stale lock is an error instead.
     """
-    raise NotImplementedError("lands with the lock")
+    from packager.lock import drift, read_lock
+
+    lock = read_lock(loaded)
+    if lock is None:
+        if frozen:
+            raise LockError(f"{loaded.lock_path}: no lock (run `packager lock {loaded.path}`)")
+        return None
+    reasons = drift(loaded, lock)
+    if reasons:
+        if frozen:
+            raise LockError(f"{loaded.lock_path}: lock is out of date: {'; '.join(reasons)}")
+        return None
+    return lock.artifact_id
 
 
-def ensure_artifact(loaded: LoadedRecipe, *, frozen: bool = False, quiet: bool = False) -> Artifact:
+def ensure_artifact(
+    loaded: LoadedRecipe,
+    *,
+    frozen: bool = False,
+    quiet: bool = False,
+    lock: Lock | None = None,
+    verify: bool = True,
+) -> Artifact:
     """The recipe's artifact on local disk, locking, fetching and converting only what is missing."""
-    raise NotImplementedError("lands with lock/fetch/convert")
+    from packager.lock import ensure_lock
+
+    lock = lock or ensure_lock(loaded, frozen=frozen, quiet=quiet)
+    name = loaded.recipe.name
+    if lock.artifact_id and (found := local_artifact(name, lock.artifact_id)):
+        return found
+    return _convert(loaded, lock, out_dir=None, quiet=quiet, verify=verify)
+
+
+def convert_to(
+    loaded: LoadedRecipe,
+    out_dir: Path,
+    *,
+    frozen: bool = False,
+    quiet: bool = False,
+    verify: bool = True,
+) -> Artifact:
+    """`packager convert -o DIR`: convert exactly into DIR, whatever is cached elsewhere."""
+    from packager.lock import ensure_lock
+
+    lock = ensure_lock(loaded, frozen=frozen, quiet=quiet)
+    return _convert(loaded, lock, out_dir=out_dir, quiet=quiet, verify=verify)
+
+
+def source_info(lock: Lock) -> dict[str, Any]:
+    """What the manifest says about the source: portable (no local paths), so ids match anywhere."""
+    info = {k: v for k, v in lock.source.items() if k not in ("path", "file") and v is not None}
+    if lock.source.get("kind") in ("path", "file", "url") or not lock.source.get("commit"):
+        files = {p: e["sha256"] for p, e in sorted(lock.files.items())}
+        info["files_sha256"] = hashlib.sha256(mf.canonical_json(files)).hexdigest()
+    return info
+
+
+def _convert(
+    loaded: LoadedRecipe, lock: Lock, *, out_dir: Path | None, quiet: bool, verify: bool
+) -> Artifact:
+    from packager.convert import ConvertSettings, convert
+    from packager.fetch import fetch
+    from packager.lock import record_artifact_id
+
+    recipe = loaded.recipe
+    source_bytes = sum(int(e["size"]) for e in lock.files.values())
+    target_root = out_dir.parent if out_dir else artifact_dir(recipe.name, "x").parent
+    target_root.mkdir(parents=True, exist_ok=True)
+    # fp32 → fp16 halves the bytes, but an fp16 source copied as-is (or fp32 kept) does not.
+    require_free(target_root, source_bytes, "convert")
+    fetched = fetch(loaded, lock, quiet=quiet)
+    settings = ConvertSettings(
+        precision=recipe.precision,
+        fp16_overflow=recipe.fp16_overflow,
+        drop=tuple(recipe.components.drop),
+        scheduler=recipe.scheduler,
+        pipeline=recipe.pipeline,
+    )
+    staging = out_dir or target_root / f".staging-{lock.fingerprint[:16]}"
+    if not quiet:
+        note(f"converting {recipe.name} to {recipe.precision} safetensors …")
+    manifest = convert(
+        fetched.root,
+        fetched.files,
+        staging,
+        name=recipe.name,
+        settings=settings,
+        source_info=source_info(lock),
+        verify=verify,
+        checkpoint=fetched.checkpoint,
+        progress=not quiet,
+    )
+    artifact_id = manifest.artifact_id
+    record_artifact_id(loaded, lock, artifact_id)
+    if out_dir is not None:
+        return Artifact(name=recipe.name, id=artifact_id, dir=out_dir, manifest=manifest)
+    final = artifact_dir(recipe.name, artifact_id)
+    if final.exists():
+        # Same id = same bytes: the copy already in place is as good as the one just made.
+        shutil.rmtree(staging)
+    else:
+        staging.rename(final)
+    return Artifact(name=recipe.name, id=artifact_id, dir=final, manifest=manifest)
