@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml worker_runtime/requirements.txt
 	@touch $(STAMP)
 
 demo: setup
+	$(PY) -m tests.rig.models build/fixtures/tiny
 	$(PY) -m packager.demo
 
 test: setup

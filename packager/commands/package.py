@@ -1,5 +1,145 @@
-"""(filled in by its issue)."""
+"""package, package-all, gc: the commands a user actually types."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import click
 
-COMMANDS: list[click.Command] = []
+from packager.commands.options import frozen_option, mode_option, recipe_argument
+from packager.output import emit, grid, human_bytes, json_option
+from packager.recipe import load_recipe
+
+
+@click.command()
+@recipe_argument
+@mode_option
+@frozen_option
+@click.option("--push/--no-push", default=None, help="Push the image (default: the recipe's image.push).")
+@click.option(
+    "--image",
+    "image_policy",
+    type=click.Choice(["build", "render", "auto"]),
+    default="build",
+    show_default=True,
+    help="Build the image, only render its Dockerfile and context, or build when an engine is reachable.",
+)
+@json_option
+def package(
+    recipe_file: str, mode: str | None, frozen: bool, push: bool | None, image_policy: str, as_json: bool
+) -> None:
+    """Run every stage for RECIPE; stages whose output exists are skipped.
+
+    lock → fetch → convert → upload → baked: render + build (+ push) / volume: seed + slim image.
+    A second run on an unchanged recipe moves no bytes and says so.
+    """
+    from packager.package import package as run_package
+
+    loaded = load_recipe(recipe_file)
+    result = run_package(
+        loaded,
+        mode=mode,  # type: ignore[arg-type]
+        frozen=frozen,
+        quiet=as_json,
+        push=push,
+        image_policy=image_policy,  # type: ignore[arg-type]
+    )
+    emit(result.to_json(), as_json, summary_table(result.to_json()))
+
+
+def summary_table(r: dict[str, Any]) -> str:
+    plan = r.get("planned_cold_start_s") or {}
+    rows: list[tuple[str, Any]] = [
+        ("recipe", f"{r['name']} ({r['mode']})"),
+        ("artifact id", r["artifact_id"]),
+        ("source", f"{r['source']} {r['commit'] or ''}".strip()),
+        ("bytes before → after", f"{human_bytes(r['bytes_before'])} → {human_bytes(r['bytes_after'])}"),
+        ("store", r["store_uri"]),
+    ]
+    if r["mode"] == "volume":
+        rows.append(("volume path", r.get("volume_path")))
+    image = r.get("image_tag") or "-"
+    if r.get("image_size"):
+        image += f"  ({human_bytes(r['image_size'])}, {r['image_layers']} layers)"
+    elif r.get("context_dir"):
+        image += f"  (rendered only: {r['context_dir']})"
+    rows.append(("image", image))
+    for key, value in plan.items():
+        rows.append((f"planned cold start: {key}", value))
+    moved = "nothing moved (every stage already done)" if r["moved_nothing"] else (
+        f"uploaded {human_bytes(r['bytes_uploaded'])}, downloaded {human_bytes(r['bytes_downloaded'])}"
+    )
+    rows.append(("this run", moved))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v if v is not None else '-'}" for k, v in rows]
+    stages = grid(["stage", "status", "seconds", "detail"],
+                  [(s["name"], s["status"], f"{s['seconds']:.2f}", s["detail"]) for s in r["stages"]])
+    return stages + "\n\n" + "\n".join(lines)
+
+
+@click.command("package-all")
+@click.argument("folder", default="recipes", type=click.Path(file_okay=False, path_type=Path))
+@mode_option
+@frozen_option
+@click.option("-j", "--jobs", type=int, default=None, help="Recipes packaged at once (default: cores / 2).")
+@click.option("--image", "image_policy", type=click.Choice(["build", "render", "auto"]), default="auto",
+              show_default=True, help="As for `package`.")
+@json_option
+def package_all(
+    folder: Path, mode: str | None, frozen: bool, jobs: int | None, image_policy: str, as_json: bool
+) -> None:
+    """Package every recipe under FOLDER; one failing recipe does not stop the others."""
+    recipes = sorted(folder.rglob("*.yaml"))
+    if not recipes:
+        raise click.ClickException(f"{folder}: no *.yaml recipes found")
+    jobs = jobs or max(1, (os.cpu_count() or 2) // 2)
+
+    def one(path: Path) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "packager", "package", str(path), "--json", "--image", image_policy]
+        if mode:
+            cmd += ["--mode", mode]
+        if frozen:
+            cmd.append("--frozen")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return {"recipe": str(path), "ok": True, **json.loads(proc.stdout)}
+        lines = proc.stderr.strip().splitlines()
+        return {"recipe": str(path), "ok": False, "error": lines[-1] if lines else f"exit {proc.returncode}"}
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, recipes))
+    failed = [r for r in results if not r["ok"]]
+    rows = [
+        (r["recipe"], "ok" if r["ok"] else "FAILED", (r.get("artifact_id") or "")[:12],
+         r.get("image_tag") or "", r.get("error", ""))
+        for r in results
+    ]
+    emit({"results": results, "failed": len(failed)}, as_json,
+         grid(["recipe", "result", "artifact", "image", "error"], rows))
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--recipes", "recipes_dir", default="recipes", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the recipes (and their locks) live.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@click.option("--images/--no-images", default=True, help="Also remove local images of unreferenced artifacts.")
+@json_option
+def gc(recipes_dir: Path, dry_run: bool, images: bool, as_json: bool) -> None:
+    """Remove artifacts, store prefixes and local images that no recipe's lock points at."""
+    from packager.gc import collect
+
+    removed = collect(recipes_dir, dry_run=dry_run, images=images)
+    verb = "would remove" if dry_run else "removed"
+    text = "\n".join(f"{verb} {kind}: {what}" for kind, what in removed) or "nothing to remove"
+    emit({"dry_run": dry_run, "removed": [{"kind": k, "what": w} for k, w in removed]}, as_json, text)
+
+
+COMMANDS = [package, package_all, gc]
