@@ -1,1 +1,16 @@
 """pytest fixtures: runpod (see tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.rig.runpod_api import RunPodStandIn
+
+
+@pytest.fixture
+def runpod_api() -> Iterator[RunPodStandIn]:
+    """A fresh RunPod GraphQL stand-in on 127.0.0.1 (its URL goes in RUNPOD_API_BASE_URL)."""
+    with RunPodStandIn() as api:
+        yield api

@@ -1,0 +1,271 @@
+"""Thin helpers over huggingface_hub: resolve a revision, list a commit's files, download into the cache.
+
+huggingface_hub owns the endpoint (HF_ENDPOINT), the cache (HF_HOME / HF_HUB_CACHE), offline mode
+and the token fallbacks; we pass the token from `settings.hf_token()` and turn its typed errors into
+one-line `HubError`s that say what to do. Files land in the normal HF cache, so a user's existing
+downloads are reused and ours are reused by their other tools.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from packager import settings
+from packager.errors import FetchError, HubError
+
+FULL_SHA_LEN = 40
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a hub commit. `sha256` is the LFS sha256, None for small files kept in plain git."""
+
+    path: str
+    size: int
+    sha256: str | None
+
+
+def is_full_sha(revision: str) -> bool:
+    return len(revision) == FULL_SHA_LEN and all(c in "0123456789abcdef" for c in revision)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def resolve_commit(repo: str, revision: str) -> str:
+    """The full commit sha a branch, tag or (short) sha points at: one API call."""
+    from huggingface_hub import HfApi
+
+    with hub_errors(repo, revision):
+        info = HfApi().model_info(repo, revision=revision, token=settings.hf_token())
+    if not info.sha or not is_full_sha(info.sha):
+        raise HubError(f"hub repo {repo!r}: the hub gave no commit sha for revision {revision!r}")
+    return info.sha
+
+
+def list_files(repo: str, commit: str) -> dict[str, RemoteFile]:
+    """Every file of the commit, with its size and (for LFS files) sha256."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    with hub_errors(repo, commit):
+        entries = HfApi().list_repo_tree(repo, revision=commit, recursive=True, token=settings.hf_token())
+        files = {
+            e.path: RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None)
+            for e in entries
+            if isinstance(e, RepoFile)
+        }
+    return files
+
+
+def download(repo: str, commit: str, filenames: Iterable[str], *, progress: bool) -> Path:
+    """Download exactly `filenames` at `commit` into the HF cache; returns the snapshot folder.
+
+    Files already cached are not requested again (with a commit sha, huggingface_hub answers them
+    from the cache without a network call).
+    """
+    from huggingface_hub import snapshot_download
+
+    names = sorted(filenames)
+    # allow_patterns are fnmatch globs: escape names so `[`, `*`, `?` match only themselves.
+    patterns = [glob.escape(n) for n in names]
+    with hub_errors(repo, commit), progress_bars(progress):
+        root = snapshot_download(repo, revision=commit, allow_patterns=patterns, token=settings.hf_token())
+    return Path(root)
+
+
+def download_one(repo: str, commit: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    with hub_errors(repo, commit), progress_bars(False):
+        return Path(hf_hub_download(repo, filename, revision=commit, token=settings.hf_token()))
+
+
+def storage_folder(repo: str) -> Path:
+    """The repo's folder in the HF cache (`models--org--name`), which holds blobs/ and snapshots/."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
+def cached_blobs(repo: str) -> set[str]:
+    blobs = storage_folder(repo) / "blobs"
+    return {p.name for p in blobs.iterdir() if p.is_file()} if blobs.is_dir() else set()
+
+
+def downloads_dir() -> Path:
+    """Where `url` checkpoints are cached: beside the hub cache, keyed by sha256."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "packager-downloads"
+
+
+def download_url(url: str, *, sha256: str | None, progress: bool) -> tuple[Path, str, int]:
+    """Download `url` (or reuse the cached copy) into downloads_dir()/<sha256>/<name>.
+
+    Returns (path, sha256, size). With `sha256` known the cache is consulted first and the
+    download must match it. The hub token is sent only to the hub's own host.
+    """
+    name = Path(urlsplit(url).path).name or "checkpoint"
+    if not name or name in (".", "..") or name.startswith("."):
+        raise FetchError(f"{url}: cannot name the download after this URL")
+    cache = downloads_dir()
+    if sha256:
+        cached = cache / sha256 / name
+        if cached.is_file():
+            return cached, sha256, cached.stat().st_size
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    on_hub = _same_origin(url, endpoint())
+    token = settings.hf_token() if on_hub else None
+    headers = build_hf_headers(token=token) if token else {}
+    errors = hub_errors(_repo_of_url(url), None) if on_hub else _url_errors(url)
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=cache)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with errors, os.fdopen(fd, "wb") as out:
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as resp:
+                hf_raise_for_status(resp)
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with hf_tqdm(
+                    total=total, unit="B", unit_scale=True, desc=name, disable=not progress or None
+                ) as bar:
+                    for chunk in resp.iter_bytes(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                        bar.update(len(chunk))
+        got = digest.hexdigest()
+        if sha256 and got != sha256:
+            raise FetchError(f"{url}: sha256 is {got}, not the expected {sha256} (source.sha256 or the lock)")
+        target = cache / got / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+        return target, got, size
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _repo_of_url(url: str) -> str | None:
+    """`org/name` of a hub `.../org/name/resolve/rev/file` URL, for error messages."""
+    path = urlsplit(url).path.strip("/")
+    head, sep, _ = path.partition("/resolve/")
+    return head if sep else None
+
+
+@contextmanager
+def _url_errors(url: str) -> Iterator[None]:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        raise FetchError(f"{url}: the server answered HTTP {status}") from None
+    except (httpx2.TransportError, ConnectionError) as exc:
+        raise FetchError(f"cannot download {url} ({type(exc).__name__}): check the network and the URL") from None
+
+
+def _same_origin(a: str, b: str) -> bool:
+    sa, sb = urlsplit(a), urlsplit(b)
+    return (sa.scheme, sa.hostname, sa.port) == (sb.scheme, sb.hostname, sb.port)
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's own progress bars on or off for the block (they are global switches)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if enabled and not was_disabled:
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+@contextmanager
+def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub's failures into one-line HubErrors that say what to do.
+
+    The token is never part of a message: we write our own text rather than passing theirs on.
+    """
+    import httpx2
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = f"hub repo {repo!r}" if repo else "the download"
+    has_token = settings.hf_token() is not None
+    try:
+        yield
+    except GatedRepoError:
+        if has_token:
+            raise HubError(
+                f"{what} is gated and HF_TOKEN's account has no access: accept its terms at"
+                f" {endpoint()}/{repo} with that account"
+            ) from None
+        raise HubError(
+            f"{what} is gated: accept its terms at {endpoint()}/{repo}, then set HF_TOKEN to a token of that account"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(f"{what} has no revision {revision!r} (give a branch, tag or commit sha)") from None
+    except RepositoryNotFoundError:
+        if has_token:
+            raise HubError(f"{what} not found, or HF_TOKEN cannot read it (check the repo id)") from None
+        raise HubError(
+            f"{what} not found (check the repo id; for a private repo set HF_TOKEN to a token that can read it)"
+        ) from None
+    except DisabledRepoError:
+        raise HubError(f"{what} is disabled on the hub") from None
+    except RemoteEntryNotFoundError as exc:
+        name = exc.response.url.path.rsplit("/resolve/", 1)[-1] if exc.response is not None else "?"
+        raise HubError(f"{what} at {revision}: file not found ({name})") from None
+    except OfflineModeIsEnabled:
+        raise HubError(f"{what}: HF_HUB_OFFLINE is set and the files are not in the local cache") from None
+    except LocalEntryNotFoundError:
+        # huggingface_hub's answer when the hub cannot be reached and the cache lacks the files.
+        raise HubError(f"cannot reach the hub at {endpoint()} for {what} (check the network or HF_ENDPOINT)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status == 401:
+            raise HubError(f"{what}: the hub refused HF_TOKEN (401): set HF_TOKEN to a valid token") from None
+        if status == 403:
+            raise HubError(f"{what}: HF_TOKEN lacks permission (403): use a token with read access") from None
+        if status == 429:
+            raise HubError(f"{what}: rate-limited by the hub (429): wait and retry, or set HF_TOKEN") from None
+        raise HubError(f"{what}: the hub answered HTTP {status}: retry later") from None
+    except (httpx2.TransportError, ConnectionError) as exc:
+        raise HubError(
+            f"cannot reach the hub at {endpoint()} for {what} ({type(exc).__name__}): check the network or HF_ENDPOINT"
+        ) from None

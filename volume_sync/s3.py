@@ -1,0 +1,137 @@
+"""S3 clients from boto3's own configuration chain, and failures explained in one line.
+
+Credentials are never passed around by this code: boto3 finds them (environment, profile, instance
+role). The endpoint comes from the caller or, when none is given, from boto3 itself
+(`AWS_ENDPOINT_URL`), which is how one binary talks to AWS, R2, MinIO or RunPod's volume API.
+The packager reuses these pieces for its store, so a failure reads the same from either tool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Retries cover dropped connections and throttling; more attempts only delay the message a user needs
+# when the endpoint is wrong.
+MAX_ATTEMPTS = 4
+# Enough pooled connections for the transfer manager's threads plus a few metadata requests.
+MAX_POOL_CONNECTIONS = 32
+
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "AuthorizationHeaderMalformed",
+        "403",
+        "Forbidden",
+    }
+)
+
+
+class S3UriError(ValueError):
+    """A string that is not `s3://bucket[/prefix]`."""
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b/` → ("bucket", "a/b"): the bucket and the key prefix without slashes at the ends."""
+    if not uri.startswith("s3://"):
+        raise S3UriError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise S3UriError(f"no bucket in {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def make_client(
+    *,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
+    max_pool_connections: int = MAX_POOL_CONNECTIONS,
+) -> Any:
+    """An S3 client; boto3 supplies credentials and, when `endpoint_url` is None, AWS_ENDPOINT_URL.
+
+    Checksums are computed only where S3 requires them: every file is already verified end to end
+    by its sha256, and the newer default (CRC trailers on every upload) is not understood by all
+    S3-compatible services.
+    """
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(profile_name=profile)
+    config = Config(
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        connect_timeout=10,
+        read_timeout=120,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (`NoSuchKey`, `404`, ...), else None."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else None
+    return None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return error_code(exc) in {"404", "NoSuchKey", "NotFound"}
+
+
+def explain(
+    exc: BaseException,
+    *,
+    bucket: str,
+    endpoint: str | None,
+    endpoint_hint: str = "AWS_ENDPOINT_URL",
+    bucket_hint: str = "the bucket name in the URI",
+) -> str | None:
+    """One line saying which S3 problem this is and how to fix it; None for anything unrecognised.
+
+    `endpoint_hint` and `bucket_hint` name where the user sets the endpoint and the bucket (an env
+    var, a URI, a recipe field), so the message points at the thing to change.
+    """
+    from botocore import exceptions as bx
+
+    where = endpoint or "the default AWS endpoint"
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError)):
+        return f"cannot reach the S3 endpoint {where}: check {endpoint_hint} and that the service is up"
+    if isinstance(exc, bx.NoCredentialsError):
+        return "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    if isinstance(exc, bx.ProfileNotFound):
+        return f"{exc} (check AWS_PROFILE or the profile named in the recipe)"
+    if isinstance(exc, bx.PartialCredentialsError):
+        return f"incomplete S3 credentials: {exc}"
+    code = error_code(exc)
+    if code == "NoSuchBucket":
+        return (
+            f"bucket {bucket!r} does not exist at {where}: create it, or fix {bucket_hint} "
+            f"(and {endpoint_hint} if it points at the wrong service)"
+        )
+    if code in CREDENTIAL_CODES:
+        code = f"HTTP {code}" if code.isdigit() else code
+        return (
+            f"the S3 endpoint {where} refused the credentials ({code}) for bucket {bucket!r}: check "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and that they may use this bucket"
+        )
+    if isinstance(exc, bx.BotoCoreError):
+        return f"S3 request to {where} failed: {exc}"
+    if code:
+        return f"S3 request to {where} failed ({code}) for bucket {bucket!r}"
+    return None
+
+
+def endpoint_of(client: Any) -> str | None:
+    url = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    return str(url) if url else None

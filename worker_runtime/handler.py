@@ -1,0 +1,153 @@
+"""The RunPod worker: load the artifact once at start, then answer jobs with images.
+
+The runpod worker-template shape: the model is loaded at module level, `handler(job)` is small,
+and `runpod.serverless.start` runs it. Loading, request checks and encoding live beside it.
+
+Run:
+    MODEL_DIR=build/artifacts/<name>/<id> python -m worker_runtime                   # on RunPod
+    MODEL_DIR=... python -m worker_runtime --test_input '{"input": {"prompt": "a fox"}}'
+    MODEL_DIR=... python -m worker_runtime --rp_serve_api --rp_api_port 8000        # local API
+On a long-running pod the same image serves HTTP with the SDK's API server:
+    python -m worker_runtime --rp_serve_api --rp_api_host 0.0.0.0 --rp_api_port 8000
+and takes `POST /runsync {"input": {...}}` (the SDK's local API routes are POST-only, and a job
+sent to `/run` runs when its `POST /status/<id>` is first asked for).
+
+Environment: MODEL_DIR, ARTIFACT_URI, VOLUME_MOUNT, PULL_TIMEOUT_S, WORKER_CONFIG (see config.py),
+WORKER_VERIFY_HASHES=1 to hash every file at start, WORKER_DEVICE to force cpu/cuda,
+WORKER_SAVE_DIR to also write the PNGs to a folder (local runs), BUCKET_* for `output: "s3"`.
+
+Start order, for the cold start: check the artifact (stat only) → start reading the weights into
+the page cache in a thread → import torch, the pipeline class and runpod meanwhile → load → warm
+up if asked → one `worker ready: ...` line on stderr with the timings.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+from worker_runtime import artifact, clock, config, encode, generate, imports, load, readahead, requests
+from worker_runtime.errors import RequestError, StartError
+
+PROCESS_START = clock.process_start()
+
+
+def _log(message: str) -> None:
+    print(f"worker: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str) -> NoReturn:
+    _log(f"error: {message}")
+    sys.exit(2)
+
+
+try:
+    SETTINGS = config.read_settings()
+    ARTIFACT = artifact.locate(SETTINGS)
+    weight_paths = sorted(ARTIFACT.dir / f.path for f in ARTIFACT.manifest.weight_files)
+    READAHEAD = readahead.start(weight_paths) if SETTINGS.readahead else None
+
+    mark = time.perf_counter()
+    imports.go_offline()
+    torch = imports.import_torch()
+    pipeline_class = imports.import_pipeline_class(ARTIFACT.manifest.pipeline)
+    runpod = imports.import_runpod()
+    IMPORT_S = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    device = load.pick_device(torch, SETTINGS.device)
+    try:
+        LOADED = load.load_pipeline(pipeline_class, torch, ARTIFACT.dir, ARTIFACT.manifest, device)
+    except Exception as exc:
+        # A file with the right size but damaged bytes gets this far; say which load failed.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StartError(f"{ARTIFACT.dir}: loading {ARTIFACT.manifest.pipeline} failed: {first}") from None
+    LOAD_S = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    if SETTINGS.worker.warmup:
+        load.warm_up(LOADED)
+    WARMUP_S = time.perf_counter() - mark
+except StartError as exc:
+    _fail(str(exc))
+
+READY_S = clock.since_start(PROCESS_START)
+print(
+    f"worker ready: import {IMPORT_S:.2f} s, load {LOAD_S:.2f} s, warmup {WARMUP_S:.2f} s, "
+    f"total {READY_S:.2f} s ({ARTIFACT.manifest.name} {ARTIFACT.artifact_id[:12]}, {LOADED.device} "
+    f"{LOADED.precision}"
+    + (f", pulled in {ARTIFACT.pulled_s:.1f} s" if ARTIFACT.pulled_s else "")
+    + (f", readahead {READAHEAD.bytes_read / 1e6:.0f} MB" if READAHEAD else "")
+    + ")",
+    file=sys.stderr,
+    flush=True,
+)
+
+SCHEDULERS = generate.Schedulers(LOADED.pipe)
+SERVING = requests.Serving(
+    defaults=SETTINGS.worker.defaults,
+    limits=SETTINGS.worker.limits,
+    default_size=LOADED.default_size,
+    pipeline=ARTIFACT.manifest.pipeline,
+    model_ids=frozenset(
+        {ARTIFACT.manifest.name} | {v for k, v in ARTIFACT.manifest.source.items() if k == "repo" and v}
+    ),
+    precision=ARTIFACT.manifest.precision,
+    has_safety_checker=getattr(LOADED.pipe, "safety_checker", None) is not None,
+    can_upload=SETTINGS.bucket_configured,
+    schedulers=SCHEDULERS.names,
+)
+META = {
+    "model": ARTIFACT.manifest.name,
+    "artifact_id": ARTIFACT.artifact_id,
+    "pipeline": ARTIFACT.manifest.pipeline,
+    "precision": LOADED.precision,
+    "device": LOADED.device,
+}
+_first_job = True
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """One job: check the input, generate, encode. Bad input fails the job, never the worker."""
+    global _first_job
+    try:
+        gen = requests.parse(job.get("input"), SERVING)
+    except RequestError as exc:
+        return {"error": str(exc)}
+    try:
+        result = generate.run(LOADED, gen, SCHEDULERS, torch)
+    except generate.OutOfMemory as exc:
+        return {"error": str(exc), "refresh_worker": True}
+    except Exception as exc:
+        traceback.print_exc()
+        return {"error": f"inference failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
+    pngs = [encode.png_bytes(image) for image in result.images]
+    job_id = str(job.get("id") or "job")
+    if SETTINGS.save_dir is not None:
+        encode.save(pngs, SETTINGS.save_dir, job_id)
+    try:
+        out = encode.upload(pngs, job_id, SETTINGS.bucket_name) if gen.output == "s3" else encode.as_base64(pngs)
+    except Exception as exc:
+        return {"error": f"output: upload to S3 failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
+    timings = {"inference": round(result.inference_ms, 1)}
+    if _first_job:
+        timings["init"] = round(READY_S * 1000, 1)
+        _first_job = False
+    out["seed"] = result.seed
+    if result.nsfw is not None:
+        out["nsfw_content_detected"] = result.nsfw
+    out["$timings"] = timings
+    out["$meta"] = {**META, "scheduler": result.scheduler}
+    if gen.request_id is not None:
+        out["$meta"]["startRequestId"] = gen.request_id
+    return out
+
+
+def main() -> None:
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The imports the worker cannot avoid (torch, one diffusers pipeline class, runpod), made cheap.
+
+Each function imports one thing and returns it, so handler.py can time them separately.
+
+- Hub access is switched off before huggingface_hub, diffusers or transformers are imported
+  (they read these variables once, at import): a worker must never wait on the network.
+- Only the pipeline class the manifest names is imported (diffusers' lazy module then loads just
+  that pipeline's modules), never `DiffusionPipeline`'s auto-resolution.
+- runpod's debugger module asks py-cpuinfo for the CPU's brand name when it is imported, and
+  py-cpuinfo answers by starting a second Python interpreter: about 1.3 s of every cold start
+  (measured on runpod 1.12). The name is only shown in `--rp_debugger` output, so we answer it from
+  /proc/cpuinfo for the duration of the import and put py-cpuinfo back afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+}
+# Worker logs are read by people after an incident: no progress bars, no advisories about optional
+# packages. Set only when unset, so a debugging session can turn them back on.
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def go_offline() -> None:
+    os.environ.update(OFFLINE_ENV)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def import_torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+def import_pipeline_class(name: str) -> Any:
+    """The diffusers pipeline class called `name` (the manifest's `pipeline`)."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    if cls is None or not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+        from worker_runtime.errors import StartError
+
+        raise StartError(
+            f"manifest pipeline {name!r} is not a pipeline class of diffusers {diffusers.__version__}"
+        )
+    return cls
+
+
+def import_runpod() -> ModuleType:
+    try:
+        import cpuinfo
+    except ImportError:
+        cpuinfo = None
+    original = getattr(cpuinfo, "get_cpu_info", None)
+    if cpuinfo is not None:
+        cpuinfo.get_cpu_info = _cpu_brand
+    try:
+        import runpod
+        import runpod.serverless
+    finally:
+        if cpuinfo is not None:
+            cpuinfo.get_cpu_info = original
+    return runpod
+
+
+def _cpu_brand() -> dict[str, str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return {"brand_raw": line.split(":", 1)[1].strip()}
+    except OSError:
+        pass
+    return {"brand_raw": "unknown"}

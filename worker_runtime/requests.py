@@ -1,0 +1,302 @@
+"""Job input → a checked generation request, for both request shapes the worker accepts.
+
+RunPod-native input (flat):
+    {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
+     "seed", "num_images", "scheduler", "output"}
+
+docker-diffusers-api input, so its users can move without changing clients:
+    {"modelInputs": {prompt, negative_prompt, num_inference_steps, guidance_scale, width, height,
+                     seed, num_images_per_prompt},
+     "callInputs": {MODEL_ID, PIPELINE, SCHEDULER, MODEL_PRECISION, safety_checker,
+                    startRequestId, xformers_memory_efficient_attention, output}}
+MODEL_ID, PIPELINE and MODEL_PRECISION must name what this worker serves (one artifact per
+endpoint: there is nothing to switch to). xformers_memory_efficient_attention is accepted and has
+no effect (PyTorch's own attention kernels are used). Image inputs (init_image, mask_image),
+training and status callbacks (SEND_URL) are not part of this worker and are refused by name.
+
+Every check happens here, before any tensor is touched, so a bad request costs microseconds and
+can never leave the pipeline half-configured. Each refusal is one line naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from worker_runtime.config import Defaults, Limits
+from worker_runtime.errors import RequestError
+
+# CLIP reads 77 tokens; this only bounds the memory and log lines a hostile prompt can cost.
+MAX_PROMPT_CHARS = 10_000
+# Below this the UNet's downsampling leaves nothing to work on.
+MIN_SIDE = 64
+SIDE_MULTIPLE = 8
+MAX_SEED = 2**63 - 1
+OUTPUTS = ("base64", "s3")
+# docker-diffusers-api's old short scheduler names, still sent by some clients.
+SCHEDULER_ALIASES = {"LMS": "LMSDiscreteScheduler", "DDIM": "DDIMScheduler", "PNDM": "PNDMScheduler"}
+
+RUNPOD_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "num_images",
+    "scheduler",
+    "output",
+)
+MODEL_INPUTS = (
+    "prompt",
+    "negative_prompt",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "num_images_per_prompt",
+)
+CALL_INPUTS = (
+    "MODEL_ID",
+    "PIPELINE",
+    "SCHEDULER",
+    "MODEL_PRECISION",
+    "safety_checker",
+    "startRequestId",
+    "xformers_memory_efficient_attention",
+    "output",
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One checked request: everything the pipeline call needs, nothing left to default."""
+
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    num_images: int
+    seed: int | None
+    scheduler: str | None  # a diffusers class name, or None for the artifact's own
+    output: Literal["base64", "s3"]
+    safety_checker: bool  # run the artifact's safety checker (False when it has none)
+    shape: Literal["runpod", "diffusers-api"]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What this worker serves and allows: the context every request is checked against."""
+
+    defaults: Defaults
+    limits: Limits
+    default_size: tuple[int, int]
+    pipeline: str
+    model_ids: frozenset[str]
+    precision: str
+    has_safety_checker: bool
+    can_upload: bool
+    # Names of the schedulers the pipeline can switch to; computed on first use (imports them).
+    schedulers: Callable[[], Collection[str]] = field(default=lambda: ())
+
+
+def parse(raw: Any, serving: Serving) -> Generation:
+    """Check a job's `input` and fill in defaults. Raises RequestError naming the bad field."""
+    if not isinstance(raw, Mapping):
+        raise RequestError(f"input: must be a JSON object (got {_kind(raw)})")
+    if "modelInputs" in raw or "callInputs" in raw:
+        return _parse_diffusers_api(raw, serving)
+    _only(raw, RUNPOD_FIELDS, "")
+    return _build(raw, serving, prefix="", num_images_key="num_images", shape="runpod")
+
+
+def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation:
+    _only(raw, ("modelInputs", "callInputs"), "")
+    model_inputs = raw.get("modelInputs")
+    call_inputs = raw.get("callInputs", {})
+    if not isinstance(model_inputs, Mapping):
+        raise RequestError(f"modelInputs: must be a JSON object (got {_kind(model_inputs)})")
+    if call_inputs is None:
+        call_inputs = {}
+    if not isinstance(call_inputs, Mapping):
+        raise RequestError(f"callInputs: must be a JSON object (got {_kind(call_inputs)})")
+    _only(model_inputs, MODEL_INPUTS, "modelInputs.")
+    _only(call_inputs, CALL_INPUTS, "callInputs.")
+
+    model_id = call_inputs.get("MODEL_ID")
+    if model_id not in (None, "") and model_id not in serving.model_ids:
+        served = ", ".join(sorted(serving.model_ids))
+        raise RequestError(f"callInputs.MODEL_ID: {model_id!r} is not served here (this worker serves {served})")
+    pipeline = call_inputs.get("PIPELINE")
+    if pipeline not in (None, "") and pipeline != serving.pipeline:
+        raise RequestError(
+            f"callInputs.PIPELINE: {pipeline!r} is not available (this worker runs {serving.pipeline})"
+        )
+    precision = call_inputs.get("MODEL_PRECISION")
+    if precision not in (None, "") and precision != serving.precision:
+        raise RequestError(
+            f"callInputs.MODEL_PRECISION: {precision!r} is not available (this artifact is {serving.precision})"
+        )
+    _optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
+    request_id = _optional(call_inputs, "startRequestId", str, "callInputs.")
+    safety = _optional(call_inputs, "safety_checker", bool, "callInputs.")
+    if safety and not serving.has_safety_checker:
+        raise RequestError(
+            "callInputs.safety_checker: this artifact was packaged without a safety checker "
+            "(send false, or package the model keeping it)"
+        )
+    merged = dict(model_inputs)
+    for key, target in (("SCHEDULER", "scheduler"), ("output", "output")):
+        if key in call_inputs:
+            merged[target] = call_inputs[key]
+    gen = _build(
+        merged,
+        serving,
+        prefix="modelInputs.",
+        num_images_key="num_images_per_prompt",
+        shape="diffusers-api",
+        scheduler_field="callInputs.SCHEDULER",
+        output_field="callInputs.output",
+    )
+    keep_checker = serving.has_safety_checker if safety is None else safety
+    return Generation(**{**gen.__dict__, "safety_checker": keep_checker, "request_id": request_id})
+
+
+def _build(
+    values: Mapping[str, Any],
+    serving: Serving,
+    *,
+    prefix: str,
+    num_images_key: str,
+    shape: Literal["runpod", "diffusers-api"],
+    scheduler_field: str = "scheduler",
+    output_field: str = "output",
+) -> Generation:
+    d, lim = serving.defaults, serving.limits
+    prompt = values.get("prompt")
+    if prompt is None:
+        raise RequestError(f"{prefix}prompt: required")
+    prompt = _str(prompt, f"{prefix}prompt")
+    if not prompt.strip():
+        raise RequestError(f"{prefix}prompt: must not be empty")
+    negative = values.get("negative_prompt")
+    negative = d.negative_prompt if negative is None else _str(negative, f"{prefix}negative_prompt")
+    steps = _int(values, "num_inference_steps", d.num_inference_steps, 1, lim.max_steps, prefix)
+    guidance = _number(values, "guidance_scale", d.guidance_scale, 0.0, lim.max_guidance, prefix)
+    width = _side(values, "width", d.width or serving.default_size[0], lim.max_width, prefix)
+    height = _side(values, "height", d.height or serving.default_size[1], lim.max_height, prefix)
+    if width * height > lim.max_pixels:
+        raise RequestError(
+            f"{prefix}width x {prefix}height: {width}x{height} = {width * height} pixels is over the "
+            f"limit of {lim.max_pixels}"
+        )
+    num_images = _int(values, num_images_key, d.num_images, 1, lim.max_images, prefix)
+    seed = values.get("seed")
+    if seed is not None:
+        seed = _int(values, "seed", 0, 0, MAX_SEED, prefix)
+    scheduler = _scheduler(values.get("scheduler"), serving, scheduler_field)
+    output = values.get("output", "base64")
+    if output not in OUTPUTS:
+        raise RequestError(f"{output_field}: must be one of {', '.join(OUTPUTS)} (got {output!r})")
+    if output == "s3" and not serving.can_upload:
+        raise RequestError(
+            f"{output_field}: 's3' needs BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and "
+            "BUCKET_SECRET_ACCESS_KEY set on the endpoint"
+        )
+    return Generation(
+        prompt=prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        width=width,
+        height=height,
+        num_images=num_images,
+        seed=seed,
+        scheduler=scheduler,
+        output=output,
+        safety_checker=serving.has_safety_checker,
+        shape=shape,
+    )
+
+
+def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    name = _str(value, where)
+    name = SCHEDULER_ALIASES.get(name, name)
+    available = serving.schedulers()
+    if name not in available:
+        raise RequestError(f"{where}: {value!r} is not compatible with {serving.pipeline} (one of: "
+                           f"{', '.join(sorted(available))})")
+    return name
+
+
+def _only(raw: Mapping[str, Any], known: Collection[str], prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            where = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!r}"
+            raise RequestError(f"{where}: unknown field (known: {', '.join(known)})")
+
+
+def _optional(raw: Mapping[str, Any], key: str, kind: type, prefix: str) -> Any:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise RequestError(f"{prefix}{key}: must be a {kind.__name__} (got {_kind(value)})")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError(f"{where}: must be a string (got {_kind(value)})")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{where}: {len(value)} characters is over the limit of {MAX_PROMPT_CHARS}")
+    return value
+
+
+def _int(values: Mapping[str, Any], key: str, default: int, lo: int, hi: int, prefix: str) -> int:
+    value = values.get(key)
+    if value is None:
+        return default
+    # JSON clients often send 30.0 for 30; accept whole floats, refuse 30.5 and true.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{prefix}{key}: must be a whole number (got {_short(value)})")
+    if not lo <= value <= hi:
+        raise RequestError(f"{prefix}{key}: must be between {lo} and {hi} (got {value})")
+    return value
+
+
+def _number(values: Mapping[str, Any], key: str, default: float, lo: float, hi: float, prefix: str) -> float:
+    value = values.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise RequestError(f"{prefix}{key}: must be a number (got {_short(value)})")
+    if not lo <= value <= hi:
+        raise RequestError(f"{prefix}{key}: must be between {lo:g} and {hi:g} (got {value:g})")
+    return float(value)
+
+
+def _side(values: Mapping[str, Any], key: str, default: int, hi: int, prefix: str) -> int:
+    side = _int(values, key, default, MIN_SIDE, max(hi, MIN_SIDE), prefix)
+    if side % SIDE_MULTIPLE:
+        raise RequestError(f"{prefix}{key}: must be a multiple of {SIDE_MULTIPLE} (got {side})")
+    return side
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
