@@ -1,39 +1,54 @@
 """Build context → image, with the docker SDK: skip what is up to date, stream the log, push.
 
-The classic builder (the SDK's `images.build` API) is used everywhere: it needs no buildx plugin
-and no `# syntax=` image, so it works offline, and its layer cache gives what the layout needs
-(unchanged weight layers reused as they are). The build gets exactly two build args, BASE_IMAGE and
-PIP_FIND_LINKS: no secret can reach an ARG, ENV, label or the history through it. Registry
+The classic builder (the SDK's build API) is used everywhere: it needs no buildx plugin and no
+`# syntax=` image, so it also works offline, and its layer cache gives what the layout needs
+(unchanged weight layers reused as they are). A build gets exactly two build args, BASE_IMAGE and
+PIP_FIND_LINKS: nothing from the environment reaches an ARG, ENV, label or the history. Registry
 credentials come from the docker config (`docker login`), never from the recipe.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from packager.errors import ImageError
 from packager.naming import Mode
 from packager.recipe import LoadedRecipe
 from packager.render import (
     CONTEXT_MTIME,
-    LABEL_ARTIFACT,
-    LABEL_CODE,
-    LABEL_CONFIG,
+    LABEL_LAYERS,
     RenderResult,
-    plan,
+    identity,
     render,
     worker_code_digest,
 )
 from worker_runtime import manifest as mf
 
-__all__ = ["BuildResult", "Layer", "build", "connect", "image_layers", "push", "worker_code_digest"]
+if TYPE_CHECKING:
+    from packager.artifact import Artifact
+
+__all__ = [
+    "BuildResult",
+    "Layer",
+    "build",
+    "build_context",
+    "connect",
+    "engine_problem",
+    "find_built_image",
+    "image_layers",
+    "is_pushed",
+    "push",
+    "worker_code_digest",
+]
 
 NO_ENGINE_HINT = (
     "start one (`sudo systemctl start docker`, or `sudo dockerd &`) or point DOCKER_HOST at one; "
@@ -46,7 +61,7 @@ _METADATA = ("ARG", "ENV", "LABEL", "CMD", "ENTRYPOINT", "EXPOSE", "USER", "VOLU
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer our Dockerfile added: what it holds, its content digest (diff id) and size."""
+    """One layer our Dockerfile added: what it holds, its content digest (diff id) and its size."""
 
     step: str
     digest: str
@@ -55,6 +70,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """An image for an artifact and mode, built now (`skipped` False) or found up to date."""
+
     tag: str
     image_id: str
     size: int
@@ -62,13 +79,27 @@ class BuildResult:
     skipped: bool
     pushed: bool
     tags: tuple[str, ...] = ()
-    # Layers a push actually uploaded (the registry had the rest); 0 without a push.
+    # Layers the push uploaded (the registry had the others); 0 without a push.
     uploaded_layers: int = 0
     seconds: float = 0.0
-    context: Path | None = None
+    context_dir: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "tags": list(self.tags),
+            "image_id": self.image_id,
+            "size": self.size,
+            "layers": [{"step": x.step, "digest": x.digest, "size": x.size} for x in self.layers],
+            "skipped": self.skipped,
+            "pushed": self.pushed,
+            "uploaded_layers": self.uploaded_layers,
+            "seconds": round(self.seconds, 3),
+            "context_dir": str(self.context_dir) if self.context_dir else None,
+        }
 
 
-def connect(timeout: int = 600):  # type: ignore[no-untyped-def]
+def connect(timeout: int = 600) -> Any:
     """A docker client for DOCKER_HOST (or the default socket), or ImageError saying how to get one."""
     import docker
 
@@ -76,127 +107,194 @@ def connect(timeout: int = 600):  # type: ignore[no-untyped-def]
         client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
-        reason = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        reason = (str(exc).splitlines() or [exc.__class__.__name__])[0][:120]
         raise ImageError(f"no Docker engine reachable at {where} ({reason}): {NO_ENGINE_HINT}") from None
     return client
 
 
+def engine_problem() -> str | None:
+    """The one-line reason no image can be built here, or None when an engine answers."""
+    try:
+        connect(timeout=10).close()
+    except ImageError as exc:
+        return str(exc)
+    return None
+
+
+def find_built_image(
+    loaded: LoadedRecipe,
+    artifact_id: str,
+    mode: Mode,
+    *,
+    artifact_uri: str | None = None,
+    base_image: str | None = None,
+    client: Any = None,
+) -> BuildResult | None:
+    """The local image for this artifact and mode if it is up to date, else None.
+
+    Up to date: the tag exists and its labels carry the same artifact id, worker code digest and
+    config digest (base image, worker env, requirements, platform) as a build now would.
+    """
+    import docker
+
+    client = client or connect()
+    ident = identity(loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image)
+    try:
+        image = client.images.get(ident.tag)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = image.labels or {}
+    if any(labels.get(k) != v for k, v in ident.labels.items()):
+        return None
+    return _result(client, image.id, ident.tag, _tags(loaded, ident.tag), skipped=True)
+
+
 def build(
     loaded: LoadedRecipe,
+    artifact: Artifact | None,
     manifest: mf.Manifest,
     artifact_id: str,
     mode: Mode,
     *,
     push: bool = False,
-    artifact_dir: Path | None = None,
+    out_dir: Path | None = None,
     artifact_uri: str | None = None,
     base_image: str | None = None,
     pip_find_links: str | None = None,
     network: str | None = None,
     no_cache: bool = False,
-    context_dir: Path | None = None,
     quiet: bool = False,
     echo: Callable[[str], None] | None = None,
     client: Any = None,
 ) -> BuildResult:
-    """Build (or reuse) the image for an artifact and mode, tag it, and push it when asked.
+    """Build (or find up to date) the image for an artifact and mode, tag it, push it when asked.
 
-    The build is skipped when an image with the tag exists whose labels carry the same artifact
-    id, worker code digest and config digest (`--no-cache` builds anyway). `network` is the build
-    containers' network; it defaults to "host" when the find-links URL is on the loopback, which
-    the build could not reach otherwise.
+    `artifact` (on local disk) is needed for baked mode only, and only when a build happens.
+    `no_cache` builds every layer afresh even when an up-to-date image exists. See `build_context`
+    for the build itself and `render.render` for the other arguments.
 
     Raises:
-        ImageError: no engine, the build or a push failed, or any render error (see `render`).
+        ImageError: no engine, a render error, the build or a push failed.
     """
     started = time.monotonic()
-    say = echo or _stderr
     client = client or connect()
-    p = plan(
+    say = _sayer(quiet, echo)
+    if not no_cache:
+        found = find_built_image(
+            loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image, client=client
+        )
+        if found is not None:
+            say(f"{found.tag} is up to date (artifact {artifact_id[:12]}, same worker code): not rebuilt")
+            if push:
+                found = _push_all(client, found, say)
+            return replace(found, seconds=time.monotonic() - started)
+    rendered = render(
         loaded,
+        artifact,
         manifest,
         artifact_id,
         mode,
+        out_dir,
         artifact_uri=artifact_uri,
         base_image=base_image,
         pip_find_links=pip_find_links,
     )
-    tags = (p.tag, *(f"{_repository(p.tag)}:{t}" for t in loaded.recipe.image.tags))
-    existing = _existing(client, p.tag)
-    context: Path | None = None
-    skipped = (
-        not no_cache
-        and existing is not None
-        and all(existing.get(k) == p.labels[k] for k in (LABEL_ARTIFACT, LABEL_CODE, LABEL_CONFIG))
+    result = build_context(
+        loaded, rendered, push=push, network=network, no_cache=no_cache, quiet=quiet, echo=echo, client=client
     )
-    if skipped:
-        image_id = client.images.get(p.tag).id
-        if not quiet:
-            say(f"{p.tag} is up to date (artifact {artifact_id[:12]}, same worker code): build skipped")
-    else:
-        rendered = render(
-            loaded,
-            manifest,
-            artifact_id,
-            mode,
-            context_dir,
-            artifact_dir=artifact_dir,
-            artifact_uri=artifact_uri,
-            base_image=base_image,
-            pip_find_links=pip_find_links,
-        )
-        context = rendered.context
-        image_id = _run_build(
-            client,
-            rendered,
-            platform=loaded.recipe.image.platform,
-            network=network or _default_network(pip_find_links),
-            no_cache=no_cache,
-            say=(lambda line: None) if quiet else say,
-        )
-    image = client.images.get(image_id)
-    for tag in tags:
-        repo, _, name = tag.rpartition(":")
-        image.tag(repo, name)
-    uploaded = 0
+    return replace(result, seconds=time.monotonic() - started)
+
+
+def build_context(
+    loaded: LoadedRecipe,
+    rendered: RenderResult,
+    *,
+    push: bool = False,
+    network: str | None = None,
+    no_cache: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] | None = None,
+    client: Any = None,
+) -> BuildResult:
+    """Build a rendered context for `image.platform`, tag it (and the recipe's extra tags), push.
+
+    `network` is the build containers' network; it defaults to "host" when the find-links URL is
+    on the loopback, which a build could not reach otherwise.
+    """
+    started = time.monotonic()
+    client = client or connect()
+    say = _sayer(quiet, echo)
+    find_links = rendered.build_args.get("PIP_FIND_LINKS") or None
+    image_id = _run_build(
+        client,
+        rendered,
+        platform=loaded.recipe.image.platform,
+        network=network or _default_network(find_links),
+        no_cache=no_cache,
+        say=say,
+    )
+    result = _result(client, image_id, rendered.tag, _tags(loaded, rendered.tag), skipped=False)
+    result = replace(result, context_dir=rendered.context_dir)
     if push:
-        for tag in tags:
-            uploaded += _push(client, tag, say=(lambda line: None) if quiet else say)
-    inspect = client.api.inspect_image(image_id)
-    return BuildResult(
-        tag=p.tag,
-        image_id=image_id,
-        size=int(inspect.get("Size") or 0),
-        layers=image_layers(client, image_id, p.layer_steps),
-        skipped=skipped,
-        pushed=push,
-        tags=tags,
-        uploaded_layers=uploaded,
-        seconds=time.monotonic() - started,
-        context=context,
-    )
+        result = _push_all(client, result, say)
+    return replace(result, seconds=time.monotonic() - started)
 
 
-def push(tag: str, *, quiet: bool = False, client: Any = None) -> int:
-    """Push one tag; returns how many layers were uploaded (the registry had the others)."""
-    return _push(client or connect(), tag, say=(lambda line: None) if quiet else _stderr)
+def is_pushed(image: BuildResult, client: Any = None) -> bool:
+    """Whether the registry serves this very image under its tag (one manifest request)."""
+    import docker
+
+    client = client or connect()
+    repo_digests = client.api.inspect_image(image.image_id).get("RepoDigests") or []
+    try:
+        remote = client.api.inspect_distribution(image.tag)["Descriptor"]["digest"]
+    except docker.errors.APIError:
+        return False
+    return f"{image.tag.rpartition(':')[0]}@{remote}" in repo_digests
 
 
-def image_layers(client: Any, image: str, steps: tuple[str, ...]) -> tuple[Layer, ...]:
-    """The layers our Dockerfile added, matched to `steps` (RenderResult.layer_steps).
+def push(image: BuildResult, *, quiet: bool = False, client: Any = None) -> BuildResult:
+    """Push every tag of a built image; the result counts the layers actually uploaded."""
+    return _push_all(client or connect(), image, _sayer(quiet, None))
+
+
+def image_layers(client: Any, image: str) -> tuple[Layer, ...]:
+    """The layers our Dockerfile added, named by the image's `packager.layers` label.
 
     The image's rootfs lists only layers that hold files, base first; the history lists every
     instruction, newest first. Each of our steps adds files, so our layers are the rootfs's top
     `len(steps)`, and their sizes are the history's layer-adding entries in the same order.
     """
-    digests = client.api.inspect_image(image)["RootFS"]["Layers"]
+    info = client.api.inspect_image(image)
+    steps = json.loads(((info.get("Config") or {}).get("Labels") or {}).get(LABEL_LAYERS) or "[]")
+    digests = info["RootFS"]["Layers"]
     history = [h for h in client.api.history(image) if _adds_layer(h.get("CreatedBy") or "")]
-    if len(digests) < len(steps) or len(history) < len(steps):
-        raise ImageError(f"{image}: has fewer layers than its Dockerfile adds; was it built by packager?")
-    ours = digests[-len(steps) :]
+    if not steps or len(digests) < len(steps) or len(history) < len(steps):
+        return ()
     sizes = [int(h.get("Size") or 0) for h in reversed(history[: len(steps)])]
-    return tuple(Layer(s, d, n) for s, d, n in zip(steps, ours, sizes, strict=True))
+    return tuple(Layer(s, d, n) for s, d, n in zip(steps, digests[-len(steps) :], sizes, strict=True))
+
+
+def _result(client: Any, image_id: str, tag: str, tags: tuple[str, ...], *, skipped: bool) -> BuildResult:
+    image = client.images.get(image_id)
+    for extra in tags:
+        repository, _, name = extra.rpartition(":")
+        image.tag(repository, name)
+    return BuildResult(
+        tag=tag,
+        image_id=image_id,
+        size=int(image.attrs.get("Size") or 0),
+        layers=image_layers(client, image_id),
+        skipped=skipped,
+        pushed=False,
+        tags=tags,
+    )
+
+
+def _tags(loaded: LoadedRecipe, tag: str) -> tuple[str, ...]:
+    repository = tag.rpartition(":")[0]
+    return (tag, *(f"{repository}:{extra}" for extra in loaded.recipe.image.tags))
 
 
 def _adds_layer(created_by: str) -> bool:
@@ -207,31 +305,24 @@ def _adds_layer(created_by: str) -> bool:
     return bool(words) and words[0] not in _METADATA
 
 
-def _repository(tag: str) -> str:
-    return tag.rpartition(":")[0]
+def _sayer(quiet: bool, echo: Callable[[str], None] | None) -> Callable[[str], None]:
+    if quiet:
+        return lambda line: None
+    if echo is not None:
+        return echo
 
+    def to_stderr(line: str) -> None:
+        import click
 
-def _stderr(line: str) -> None:
-    import click
+        click.echo(line, err=True)
 
-    click.echo(line, err=True)
+    return to_stderr
 
 
 def _default_network(find_links: str | None) -> str | None:
-    from urllib.parse import urlsplit
-
     if find_links and urlsplit(find_links).hostname in ("127.0.0.1", "localhost", "::1"):
         return "host"
     return None
-
-
-def _existing(client: Any, tag: str) -> dict[str, str] | None:
-    import docker
-
-    try:
-        return dict(client.images.get(tag).labels or {})
-    except docker.errors.ImageNotFound:
-        return None
 
 
 def _run_build(
@@ -247,10 +338,10 @@ def _run_build(
     import docker
 
     image_id: str | None = None
-    last: list[str] = []
+    recent: list[str] = []
     try:
         stream = client.api.build(
-            fileobj=_context_tar(rendered.context),
+            fileobj=_context_tar(rendered.context_dir),
             custom_context=True,
             encoding=None,
             tag=rendered.tag,
@@ -266,13 +357,14 @@ def _run_build(
         for chunk in stream:
             if "error" in chunk:
                 detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                tail = " | ".join(line for line in last[-3:] if line)
-                raise ImageError(f"docker build of {rendered.tag} failed: {detail.strip()}" + _tail(tail))
-            text = chunk.get("stream")
-            if text:
-                for line in text.rstrip("\n").splitlines():
-                    last.append(line.strip())
-                    say(line)
+                last = " | ".join(recent[-3:])
+                raise ImageError(
+                    f"docker build of {rendered.tag} failed: {' '.join(detail.split())[:400]}"
+                    + (f" (last output: {last[-300:]})" if last else "")
+                )
+            for line in (chunk.get("stream") or "").rstrip("\n").splitlines():
+                recent = [*recent[-9:], line.strip()]
+                say(line)
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
@@ -283,16 +375,12 @@ def _run_build(
     return image_id
 
 
-def _tail(text: str) -> str:
-    return f" (last output: {text[-300:]})" if text else ""
-
-
 def _engine_platform(client: Any, platform: str) -> str | None:
     """`platform` for the build, or None when it is the engine's own.
 
-    The classic builder accepted `platform` offline with a local base image on Docker 20.10; it is
-    passed only when it differs from the engine's platform all the same, so that an older engine
-    (which treats any platform as a reason to pull the base) builds from the local image.
+    Docker 20.10's classic builder took `platform` offline with a local base image; it is passed
+    only when it differs from the engine's platform all the same, so that an engine that treats any
+    platform as a reason to pull the base still builds from a local one.
     """
     info = client.version()
     own = f"{info.get('Os', 'linux')}/{info.get('Arch', 'amd64')}"
@@ -300,10 +388,10 @@ def _engine_platform(client: Any, platform: str) -> str | None:
 
 
 def _context_tar(context: Path) -> Iterator[bytes]:
-    """The context as an uncompressed tar, streamed (weights are not copied to a temp file).
+    """The context as an uncompressed tar, streamed: the weights are never copied to a temp file.
 
     Owners are root and mtimes fixed, so the same files make the same COPY layers on any machine
-    and under any user: the layers' bytes depend on what is in them and nothing else.
+    and under any user: a layer's bytes depend on what is in it and on nothing else.
     """
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
@@ -315,8 +403,7 @@ def _context_tar(context: Path) -> Iterator[bytes]:
                 tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
             ):
                 for path in sorted(context.rglob("*")):
-                    rel = path.relative_to(context).as_posix()
-                    info = tar.gettarinfo(str(path), arcname=rel)
+                    info = tar.gettarinfo(str(path), arcname=path.relative_to(context).as_posix())
                     info.uid = info.gid = 0
                     info.uname = info.gname = "root"
                     info.mtime = CONTEXT_MTIME
@@ -325,7 +412,7 @@ def _context_tar(context: Path) -> Iterator[bytes]:
                             tar.addfile(info, fh)
                     else:
                         tar.addfile(info)
-        except BaseException as exc:  # reported by the reading side
+        except BaseException as exc:  # re-raised on the reading side
             failure.append(exc)
 
     thread = threading.Thread(target=writer, name="context-tar", daemon=True)
@@ -340,7 +427,12 @@ def _context_tar(context: Path) -> Iterator[bytes]:
         raise ImageError(f"cannot read the build context {context}: {failure[0]}")
 
 
-def _push(client: Any, tag: str, *, say: Callable[[str], None]) -> int:
+def _push_all(client: Any, image: BuildResult, say: Callable[[str], None]) -> BuildResult:
+    uploaded = sum(_push(client, tag, say) for tag in (image.tags or (image.tag,)))
+    return replace(image, pushed=True, uploaded_layers=uploaded)
+
+
+def _push(client: Any, tag: str, say: Callable[[str], None]) -> int:
     import docker
 
     repository, _, name = tag.rpartition(":")
@@ -349,12 +441,15 @@ def _push(client: Any, tag: str, *, say: Callable[[str], None]) -> int:
         for chunk in client.api.push(repository, tag=name, stream=True, decode=True):
             if "error" in chunk:
                 detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                raise ImageError(f"push of {tag} failed: {detail.strip()} (log in with `docker login`?)")
+                raise ImageError(
+                    f"push of {tag} failed: {' '.join(detail.split())[:300]} "
+                    "(for a private registry, `docker login` first)"
+                )
             status = chunk.get("status", "")
             if status == "Pushed" and chunk.get("id"):
                 uploaded.add(chunk["id"])
-            if status in ("Pushed", "Layer already exists") or status.startswith(name + ": digest"):
-                say(f"{chunk.get('id', '')}: {status}".strip(": "))
+            if status in ("Pushed", "Layer already exists") or "digest:" in status:
+                say(f"{chunk.get('id', '')}: {status}".lstrip(": "))
     except docker.errors.APIError as exc:
         raise ImageError(f"push of {tag} failed: {exc.explanation or exc}") from None
     return len(uploaded)

@@ -48,7 +48,9 @@ def fetch(loaded: LoadedRecipe, lock: Lock, *, quiet: bool) -> FetchResult:
     for rel in lock.files:
         _check_relpath(rel)
     if lock.kind == "hub":
-        root, downloaded = _fetch_hub(str(lock.source["repo"]), str(lock.source["commit"]), lock.files, quiet=quiet)
+        root, downloaded = _fetch_hub(
+            str(lock.source["repo"]), str(lock.source["commit"]), lock.files, quiet=quiet
+        )
         return FetchResult(root, sorted(lock.files), None, downloaded)
     if lock.kind == "path":
         assert loaded.recipe.source.path is not None
@@ -110,11 +112,15 @@ def _fetch_hub(repo: str, commit: str, files: dict[str, dict[str, Any]], *, quie
                 # Remove the bad blob and its link so a retry downloads it again.
                 real.unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
-                raise FetchError(f"{repo}/{rel}: sha256 {digest[:12]}… does not match the lock ({entry['sha256'][:12]}…)")
+                raise FetchError(
+                    f"{repo}/{rel}: sha256 {digest[:12]}… does not match the lock ({entry['sha256'][:12]}…)"
+                )
     return root, downloaded
 
 
-def _verify_local(root: Path, files: dict[str, dict[str, Any]], stat_cache: dict[str, dict[str, int]]) -> None:
+def _verify_local(
+    root: Path, files: dict[str, dict[str, Any]], stat_cache: dict[str, dict[str, int]]
+) -> None:
     for rel, entry in sorted(files.items()):
         path = root / rel
         if not path.is_file():

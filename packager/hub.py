@@ -140,18 +140,21 @@ def download_url(url: str, *, sha256: str | None, progress: bool) -> tuple[Path,
     digest = hashlib.sha256()
     size = 0
     try:
-        with errors, os.fdopen(fd, "wb") as out:
-            with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as resp:
-                hf_raise_for_status(resp)
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with hf_tqdm(
-                    total=total, unit="B", unit_scale=True, desc=name, disable=not progress or None
-                ) as bar:
-                    for chunk in resp.iter_bytes(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                        bar.update(len(chunk))
+        with (
+            errors,
+            os.fdopen(fd, "wb") as out,
+            get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as resp,
+        ):
+            hf_raise_for_status(resp)
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with hf_tqdm(
+                total=total, unit="B", unit_scale=True, desc=name, disable=not progress or None
+            ) as bar:
+                for chunk in resp.iter_bytes(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
         got = digest.hexdigest()
         if sha256 and got != sha256:
             raise FetchError(f"{url}: sha256 is {got}, not the expected {sha256} (source.sha256 or the lock)")
@@ -182,7 +185,9 @@ def _url_errors(url: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else 0
         raise FetchError(f"{url}: the server answered HTTP {status}") from None
     except (httpx2.TransportError, ConnectionError) as exc:
-        raise FetchError(f"cannot download {url} ({type(exc).__name__}): check the network and the URL") from None
+        raise FetchError(
+            f"cannot download {url} ({type(exc).__name__}): check the network and the URL"
+        ) from None
 
 
 def _same_origin(a: str, b: str) -> bool:
@@ -236,7 +241,8 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
                 f" {endpoint()}/{repo} with that account"
             ) from None
         raise HubError(
-            f"{what} is gated: accept its terms at {endpoint()}/{repo}, then set HF_TOKEN to a token of that account"
+            f"{what} is gated: accept its terms at {endpoint()}/{repo},"
+            " then set HF_TOKEN to a token of that account"
         ) from None
     except RevisionNotFoundError:
         raise HubError(f"{what} has no revision {revision!r} (give a branch, tag or commit sha)") from None
@@ -244,7 +250,8 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
         if has_token:
             raise HubError(f"{what} not found, or HF_TOKEN cannot read it (check the repo id)") from None
         raise HubError(
-            f"{what} not found (check the repo id; for a private repo set HF_TOKEN to a token that can read it)"
+            f"{what} not found (check the repo id;"
+            " for a private repo set HF_TOKEN to a token that can read it)"
         ) from None
     except DisabledRepoError:
         raise HubError(f"{what} is disabled on the hub") from None
@@ -255,7 +262,9 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
         raise HubError(f"{what}: HF_HUB_OFFLINE is set and the files are not in the local cache") from None
     except LocalEntryNotFoundError:
         # huggingface_hub's answer when the hub cannot be reached and the cache lacks the files.
-        raise HubError(f"cannot reach the hub at {endpoint()} for {what} (check the network or HF_ENDPOINT)") from None
+        raise HubError(
+            f"cannot reach the hub at {endpoint()} for {what} (check the network or HF_ENDPOINT)"
+        ) from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else 0
         if status == 401:
@@ -263,9 +272,12 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
         if status == 403:
             raise HubError(f"{what}: HF_TOKEN lacks permission (403): use a token with read access") from None
         if status == 429:
-            raise HubError(f"{what}: rate-limited by the hub (429): wait and retry, or set HF_TOKEN") from None
+            raise HubError(
+                f"{what}: rate-limited by the hub (429): wait and retry, or set HF_TOKEN"
+            ) from None
         raise HubError(f"{what}: the hub answered HTTP {status}: retry later") from None
     except (httpx2.TransportError, ConnectionError) as exc:
         raise HubError(
-            f"cannot reach the hub at {endpoint()} for {what} ({type(exc).__name__}): check the network or HF_ENDPOINT"
+            f"cannot reach the hub at {endpoint()} for {what} ({type(exc).__name__}):"
+            " check the network or HF_ENDPOINT"
         ) from None

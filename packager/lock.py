@@ -209,7 +209,9 @@ def build_lock(loaded: LoadedRecipe, *, quiet: bool) -> Lock:
     if source.kind == "hub":
         assert source.repo is not None
         commit = hub.resolve_commit(source.repo, source.revision)
-        files = _hub_files(source.repo, commit, variant=source.variant, drop=loaded.recipe.components.drop, quiet=quiet)
+        files = _hub_files(
+            source.repo, commit, variant=source.variant, drop=loaded.recipe.components.drop, quiet=quiet
+        )
         lock_source = {
             "kind": "hub",
             "repo": source.repo,
@@ -236,7 +238,9 @@ def _single_file_lock(loaded: LoadedRecipe, previous: Lock | None, *, quiet: boo
     config_kind, config_ref = config_source(loaded)
     if config_kind == "hub":
         commit = hub.resolve_commit(config_ref, "main")
-        files = _hub_files(config_ref, commit, variant=None, drop=loaded.recipe.components.drop, quiet=quiet, weights=False)
+        files = _hub_files(
+            config_ref, commit, variant=None, drop=loaded.recipe.components.drop, quiet=quiet, weights=False
+        )
         config: dict[str, Any] = {"kind": "hub", "repo": config_ref, "revision": "main", "commit": commit}
     else:
         files, stats = _local_files(Path(config_ref), loaded.recipe.components.drop, False, previous)
@@ -294,7 +298,9 @@ def _hub_files(
             assert root is not None
             local = root / rel
             if local.stat().st_size != entry.size:
-                raise FetchError(f"{repo}/{rel}: downloaded {local.stat().st_size} bytes, the hub lists {entry.size}")
+                raise FetchError(
+                    f"{repo}/{rel}: downloaded {local.stat().st_size} bytes, the hub lists {entry.size}"
+                )
             digest = sha256_file(local)
         files[rel] = {"size": entry.size, "sha256": digest}
     return files
@@ -373,7 +379,7 @@ def _checkpoint_path(loaded: LoadedRecipe, value: str) -> Path:
 
 
 def config_source(loaded: LoadedRecipe) -> tuple[Literal["hub", "path"], str]:
-    """A single-file checkpoint's base config: ("path", folder) when it exists locally, else ("hub", repo id)."""
+    """A single-file base config: ("path", folder) when it exists locally, else ("hub", repo id)."""
     value = loaded.recipe.source.config
     if value is None:
         raise RecipeError(f"{loaded.path}: source.config: a single-file checkpoint needs `config`")
@@ -422,7 +428,9 @@ def _check(loaded: LoadedRecipe, lock: Lock) -> tuple[list[str], dict[str, dict[
 
     stats = dict(lock.stat_cache)
     if lock.kind == "hub":
-        reasons += _revision_drift(str(lock.source["repo"]), str(lock.source["revision"]), str(lock.source["commit"]))
+        reasons += _revision_drift(
+            str(lock.source["repo"]), str(lock.source["revision"]), str(lock.source["commit"])
+        )
     elif lock.kind == "path":
         assert loaded.recipe.source.path is not None
         root = _folder(loaded, loaded.recipe.source.path, "source.path")
@@ -467,7 +475,9 @@ def _declared_by_recipe(loaded: LoadedRecipe) -> dict[str, Any]:
     source = loaded.recipe.source
     out: dict[str, Any] = {"source.kind": source.kind}
     if source.kind == "hub":
-        out.update({"source.repo": source.repo, "source.revision": source.revision, "source.variant": source.variant})
+        out.update(
+            {"source.repo": source.repo, "source.revision": source.revision, "source.variant": source.variant}
+        )
     if source.kind == "url":
         out["source.url"] = source.url
     if source.kind in ("file", "url"):
@@ -514,9 +524,15 @@ def _folder_drift(
         else:
             stats[rel] = stat
     reasons = []
-    for label, names in (("changed", changed), ("added", sorted(selected - locked)), ("removed", sorted(locked - selected))):
+    for label, names in (
+        ("changed", changed),
+        ("added", sorted(selected - locked)),
+        ("removed", sorted(locked - selected)),
+    ):
         if names:
-            shown = ", ".join(names[:_LIST_SHOWN]) + (f" (+{len(names) - _LIST_SHOWN} more)" if len(names) > _LIST_SHOWN else "")
+            shown = ", ".join(names[:_LIST_SHOWN]) + (
+                f" (+{len(names) - _LIST_SHOWN} more)" if len(names) > _LIST_SHOWN else ""
+            )
             reasons.append(f"files {label}: {shown}")
     return reasons, stats
 

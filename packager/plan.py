@@ -142,6 +142,45 @@ def plan_modes(
     return plans
 
 
+def cold_start_summary(
+    loaded: LoadedRecipe,
+    manifest: mf.Manifest,
+    *,
+    image_size: int | None,
+    mode: Mode,
+    bench_results: Path | None = BENCH_RESULTS,
+) -> dict[str, Any]:
+    """The planned cold start of one mode, for `packager package`'s summary: seconds, and the basis.
+
+    Cheap on purpose (no Docker engine probe): the image size is the one the build just measured,
+    or the template estimate on the declared base. Volume mode takes the slow end of RunPod's
+    volume range, so the figure is an upper bound.
+    """
+    weights = sum(f.size for f in manifest.weight_files)
+    timings = timings_for(weights, bench_results)
+    if image_size is not None:
+        pull_bytes, image_basis = image_size, "measured"
+    else:
+        tag = naming.image_tag(loaded.recipe.image.repository, loaded.recipe.name, "0" * 64, mode)
+        pull_bytes = estimate_image(tag, manifest, mode, (DEFAULT_BASE_BYTES, "declared default")).total
+        image_basis = "estimate"
+    rate = LOCAL_DISK_MBS if mode == "baked" else VOLUME_READ_MBS[0]
+    pull_s = pull_bytes / (DEFAULT_BANDWIDTH_MBPS * MB / 8)
+    read_s = weights / (rate * MB)
+    total = pull_s + read_s + timings.import_s + timings.construct_s
+    return {
+        "total_s": round(total, 1),
+        "pull_s": round(pull_s, 1),
+        "weights_read_s": round(read_s, 2),
+        "import_s": round(timings.import_s, 2),
+        "load_s": round(timings.construct_s, 2),
+        "basis": (
+            f"image {pull_bytes / 1e9:.2f} GB ({image_basis}) at {DEFAULT_BANDWIDTH_MBPS:g} Mbit/s; "
+            f"weights at {rate:g} MB/s; timings {timings.source}; `packager plan` for detail"
+        ),
+    }
+
+
 def timings_for(weight_bytes: int, bench_results: Path | None) -> Timings:
     """Import + load for an artifact of `weight_bytes`, from the benchmark when it ran here.
 
@@ -160,13 +199,12 @@ def timings_for(weight_bytes: int, bench_results: Path | None) -> Timings:
             source=f"assumed constants ({why})",
             measured=False,
         )
-    load = max(0.0, bench["load_s"] - (bench.get("read_s") or 0.0))
-    scale = weight_bytes / bench["weight_bytes"]
-    device = str(bench.get("device") or "cpu").upper()
+    load = max(0.0, bench.load_s - (bench.read_s or 0.0))
+    scale = weight_bytes / bench.weight_bytes
     return Timings(
-        import_s=bench["import_s"],
+        import_s=bench.import_s,
         construct_s=load * scale,
-        source=f"measured on {bench['machine']} ({device}), load scaled by weight bytes",
+        source=f"measured on {bench.machine} ({bench.device.upper()}), load scaled by weight bytes",
         measured=True,
     )
 
@@ -245,7 +283,17 @@ def _base(loaded: LoadedRecipe, declared: int | None) -> tuple[int, str]:
     return DEFAULT_BASE_BYTES, "declared default"
 
 
-def _read_bench(path: Path | None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class BenchResults:
+    machine: str
+    device: str
+    weight_bytes: int
+    import_s: float
+    load_s: float
+    read_s: float | None
+
+
+def _read_bench(path: Path | None) -> BenchResults | None:
     """The keys listed at BENCH_RESULTS; None when there is no file, ValueError when it lacks them."""
     if path is None or not path.is_file():
         return None
@@ -253,18 +301,18 @@ def _read_bench(path: Path | None) -> dict[str, Any] | None:
         raw = json.loads(path.read_text())
         worker = raw["worker"]
         floor = raw.get("floor") or {}
-        bench = {
-            "machine": str(raw["machine"]),
-            "device": str(raw.get("device") or "cpu"),
-            "weight_bytes": int(raw["weight_bytes"]),
-            "import_s": float(worker["import_s"]),
-            "load_s": float(worker["load_s"]),
-            "read_s": float(floor["read_s"]) if floor.get("read_s") is not None else None,
-        }
+        bench = BenchResults(
+            machine=str(raw["machine"]),
+            device=str(raw.get("device") or "cpu"),
+            weight_bytes=int(raw["weight_bytes"]),
+            import_s=float(worker["import_s"]),
+            load_s=float(worker["load_s"]),
+            read_s=float(floor["read_s"]) if floor.get("read_s") is not None else None,
+        )
     except KeyError as exc:
         raise ValueError(f"no {exc.args[0]!r} in it") from None
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(exc.__class__.__name__) from None
-    if bench["weight_bytes"] <= 0:
+    if bench.weight_bytes <= 0:
         raise ValueError("weight_bytes is not positive")
     return bench

@@ -22,6 +22,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from packager import naming
@@ -30,6 +31,9 @@ from packager.naming import Mode
 from packager.recipe import LoadedRecipe
 from packager.settings import build_dir, secret_values
 from worker_runtime import manifest as mf
+
+if TYPE_CHECKING:
+    from packager.artifact import Artifact
 
 # A file this large gets a COPY (so a layer) of its own: a registry pushes and a host pulls layers
 # in parallel and caches them one by one, so one layer per big weight file lets two artifacts that
@@ -42,13 +46,12 @@ CODE_PACKAGES = ("worker_runtime", "volume_sync")
 # Non-root users in the container must read everything; nothing in the image needs to be writable.
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-# Without BuildKit, COPY keeps each file's mode and mtime; fixed values make code layers repeat.
-CONTEXT_MTIME = 315532800  # 1980-01-01, the earliest a zip (wheel) can hold; any constant works
+# The classic builder's COPY keeps each file's mode and mtime: fixed values make layers repeatable.
+CONTEXT_MTIME = 315532800  # 1980-01-01
 # Layer steps, in build order: what each instruction that adds a layer holds (see RenderResult).
 STEP_DEPS = ("requirements", "pip install")
 STEP_CODE = ("code", "compile")
 
-LABEL_PREFIX = "packager."
 LABEL_RECIPE = "packager.recipe"
 LABEL_MODE = "packager.mode"
 LABEL_ARTIFACT = "packager.artifact-id"
@@ -56,6 +59,9 @@ LABEL_SOURCE = "packager.source.repo"
 LABEL_COMMIT = "packager.source.commit"
 LABEL_CODE = "packager.worker-code-digest"
 LABEL_CONFIG = "packager.config-digest"
+# What each layer the Dockerfile adds holds, as a JSON list: `docker inspect` shows it, and a build
+# found by its tag can still say which layer is which without the manifest.
+LABEL_LAYERS = "packager.layers"
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class RenderResult:
     "code", "compile"): the top `len(layer_steps)` layers of the built image, one each.
     """
 
-    context: Path
+    context_dir: Path
     dockerfile: Path
     mode: Mode
     tag: str
@@ -134,13 +140,14 @@ def _ignored(rel: Path) -> bool:
 
 
 def worker_code_digest() -> str:
-    """sha256 of everything that changes the code layers: the shipped packages and the templates.
+    """sha256 of what changes the code layers: the shipped packages, the templates and this module.
 
     Recorded as a label so `packager build` can tell an up-to-date image from a stale one without
     building; it is the same on every machine for the same checkout.
     """
     h = hashlib.sha256()
     files = _code_files() + [(f"dockerfiles/{p.name}", p) for p in sorted(TEMPLATES_DIR.glob("*.j2"))]
+    files.append(("packager/render.py", Path(__file__)))
     for rel, path in files:
         data = path.read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
@@ -210,6 +217,68 @@ def _check_find_links(url: str | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What names an image and tells an up-to-date one from a stale one, without the manifest.
+
+    The artifact id pins everything the manifest decides (files, layout, source labels), so the
+    rest is the recipe's side: worker env, base image, requirements, platform. Those go into the
+    config digest; the shipped code and the templates into the worker code digest.
+    """
+
+    tag: str
+    base_image: str
+    env: dict[str, str]
+    requirements: str
+    labels: dict[str, str]  # artifact id, worker code digest, config digest
+
+
+def identity(
+    loaded: LoadedRecipe,
+    artifact_id: str,
+    mode: Mode,
+    *,
+    artifact_uri: str | None = None,
+    base_image: str | None = None,
+) -> Identity:
+    if mode not in ("baked", "volume"):
+        raise ImageError(f"unknown image mode {mode!r} (expected baked or volume)")
+    if not mf.is_artifact_id(artifact_id):
+        raise ImageError(f"not an artifact id: {artifact_id!r}")
+    image = loaded.recipe.image
+    if mode == "volume" and artifact_uri is None:
+        artifact_uri = default_artifact_uri(loaded, artifact_id)
+    base = base_image or image.base
+    env = _json_env(naming.worker_env(loaded, artifact_id, mode, artifact_uri))
+    requirements = requirements_text(image.base_has_torch)
+    config = {
+        "mode": mode,
+        "base_image": base,
+        "base_has_torch": image.base_has_torch,
+        "platform": image.platform,
+        "env": env,
+        "requirements": requirements,
+    }
+    return Identity(
+        tag=naming.image_tag(image.repository, loaded.recipe.name, artifact_id, mode),
+        base_image=base,
+        env=env,
+        requirements=requirements,
+        labels={
+            LABEL_ARTIFACT: artifact_id,
+            LABEL_CODE: worker_code_digest(),
+            LABEL_CONFIG: hashlib.sha256(mf.canonical_json(config)).hexdigest(),
+        },
+    )
+
+
+def default_artifact_uri(loaded: LoadedRecipe, artifact_id: str) -> str:
+    """Where a volume-mode worker pulls from: the artifact's place in the recipe's store."""
+    from packager.store import open_store
+
+    return open_store(loaded).artifact_uri(loaded.recipe.name, artifact_id)
+
+
 def plan(
     loaded: LoadedRecipe,
     manifest: mf.Manifest,
@@ -221,14 +290,9 @@ def plan(
     pip_find_links: str | None = None,
 ) -> Plan:
     """The Dockerfile for an artifact and mode, with its labels and digests; writes nothing."""
-    if mode not in ("baked", "volume"):
-        raise ImageError(f"unknown image mode {mode!r} (expected baked or volume)")
-    if not mf.is_artifact_id(artifact_id):
-        raise ImageError(f"not an artifact id: {artifact_id!r}")
     _check_find_links(pip_find_links)
+    ident = identity(loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image)
     image = loaded.recipe.image
-    base = base_image or image.base
-    env = _json_env(naming.worker_env(loaded, artifact_id, mode, artifact_uri))
     large = tuple(sorted(f.path for f in manifest.files if f.size >= LARGE_FILE_BYTES))
     small = tuple(sorted(f.path for f in manifest.files if f.size < LARGE_FILE_BYTES))
     model_dir = naming.BAKED_MODEL_DIR
@@ -240,38 +304,29 @@ def plan(
     labels = {
         LABEL_RECIPE: loaded.recipe.name,
         LABEL_MODE: mode,
-        LABEL_ARTIFACT: artifact_id,
         LABEL_SOURCE: repo,
         LABEL_COMMIT: commit,
-        LABEL_CODE: worker_code_digest(),
-        LABEL_CONFIG: "",
+        **ident.labels,
+        LABEL_LAYERS: json.dumps(steps, separators=(",", ":")),
     }
-    requirements = requirements_text(image.base_has_torch)
-    template = _environment().get_template(f"{mode}.Dockerfile.j2")
-
-    def text_with(labels: dict[str, str]) -> str:
-        return template.render(
+    text = (
+        _environment()
+        .get_template(f"{mode}.Dockerfile.j2")
+        .render(
             name=loaded.recipe.name,
             artifact_id=artifact_id,
-            base_image=base,
+            base_image=ident.base_image,
             base_has_torch=image.base_has_torch,
             model_dir=model_dir,
             large_files=[(f"weights/large/{p}", f"{model_dir}/{p}") for p in large],
             has_small_files=bool(small),
-            env=env,
+            env=ident.env,
             labels=labels,
         )
-
-    # The config digest covers the Dockerfile itself (base, env, labels, layout) and the pinned
-    # requirements, so a stale image is rebuilt even when the artifact and the code are unchanged.
-    h = hashlib.sha256(text_with(labels).encode())
-    h.update(requirements.encode())
-    h.update(image.platform.encode())
-    labels[LABEL_CONFIG] = h.hexdigest()
-    text = text_with(labels)
-    build_args = {"BASE_IMAGE": base, "PIP_FIND_LINKS": pip_find_links or ""}
-    leaked = [v for v in secret_values() if v in text or v in requirements or v in json.dumps(build_args)]
-    if leaked:
+    )
+    build_args = {"BASE_IMAGE": ident.base_image, "PIP_FIND_LINKS": pip_find_links or ""}
+    rendered = text + ident.requirements + json.dumps(build_args)
+    if any(v in rendered for v in secret_values()):
         raise ImageError(
             "the rendered Dockerfile would contain the value of a secret environment variable "
             "(HF_TOKEN, AWS keys, RUNPOD_API_KEY): remove it from the recipe"
@@ -279,11 +334,11 @@ def plan(
     return Plan(
         mode=mode,
         text=text,
-        requirements=requirements,
-        tag=naming.image_tag(image.repository, loaded.recipe.name, artifact_id, mode),
-        base_image=base,
+        requirements=ident.requirements,
+        tag=ident.tag,
+        base_image=ident.base_image,
         build_args=build_args,
-        env=env,
+        env=ident.env,
         labels=labels,
         large_files=large,
         small_files=small,
@@ -297,12 +352,12 @@ def default_context_dir(name: str, artifact_id: str, mode: Mode) -> Path:
 
 def render(
     loaded: LoadedRecipe,
+    artifact: Artifact | None,
     manifest: mf.Manifest,
     artifact_id: str,
     mode: Mode,
     out_dir: Path | None = None,
     *,
-    artifact_dir: Path | None = None,
     artifact_uri: str | None = None,
     base_image: str | None = None,
     pip_find_links: str | None = None,
@@ -311,13 +366,14 @@ def render(
 
     Args:
         loaded: the recipe (image settings, worker config).
+        artifact: the artifact on local disk, required for baked mode; its weights are
+            hard-linked (copied only across filesystems or when a file is not world-readable).
         manifest, artifact_id: the artifact; volume mode needs nothing else.
         mode: "baked" (weights in the image) or "volume" (weights on a network volume).
         out_dir: the context folder (default build/contexts/<name>/<id[:12]>-<mode>/); replaced
             whole, and only once complete.
-        artifact_dir: the artifact on disk, required for baked mode; its weights are hard-linked
-            (copied only across filesystems or when a file is not world-readable).
-        artifact_uri: where a volume-mode worker pulls the artifact from when the volume lacks it.
+        artifact_uri: where a volume-mode worker pulls the artifact from when the volume lacks it
+            (default: the artifact's place in the recipe's store).
         base_image: overrides the recipe's `image.base` (the BASE_IMAGE build arg's default).
         pip_find_links: a wheelhouse URL for the pip step (the PIP_FIND_LINKS build arg).
 
@@ -334,6 +390,7 @@ def render(
         base_image=base_image,
         pip_find_links=pip_find_links,
     )
+    artifact_dir = artifact.dir if artifact is not None else None
     if mode == "baked":
         if artifact_dir is None:
             raise ImageError("baked mode needs the artifact on disk (weights go into the image)")
@@ -365,7 +422,7 @@ def render(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return RenderResult(
-        context=target,
+        context_dir=target,
         dockerfile=target / "Dockerfile",
         mode=mode,
         tag=p.tag,

@@ -95,7 +95,7 @@ def run(query: str, api_key: str) -> dict[str, Any]:
     except requests.exceptions.JSONDecodeError:
         raise DeployError(
             "the RunPod API answered with something that is not JSON (is RUNPOD_API_BASE_URL right?)"
-        )
+        ) from None
     except requests.RequestException as exc:
         request = getattr(exc, "request", None)
         where = f" at {request.url}" if request is not None and request.url else ""

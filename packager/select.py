@@ -40,9 +40,11 @@ _WEIGHT_RE = re.compile(
     rf"^{_STEMS}(?:\.(?P<variant>[A-Za-z0-9_]+))?(?P<shard>{_SHARD})?(?:\.(?P<legacy>[A-Za-z0-9_]+))?"
     r"\.(?P<fmt>safetensors|bin)$"
 )
-# `model.safetensors.index.json`, `model.safetensors.index.fp16.json`, legacy `model.fp16.safetensors.index.json`
+# `model.safetensors.index.json`, `model.safetensors.index.fp16.json`,
+# legacy `model.fp16.safetensors.index.json`
 _INDEX_RE = re.compile(
-    rf"^{_STEMS}(?:\.(?P<legacy>[A-Za-z0-9_]+))?\.(?P<fmt>safetensors|bin)\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
+    rf"^{_STEMS}(?:\.(?P<legacy>[A-Za-z0-9_]+))?\.(?P<fmt>safetensors|bin)\.index"
+    r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
 )
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -135,9 +137,7 @@ def _weights_of(component: str, names: list[str], variant: str | None) -> tuple[
             note = f"{component}: no {variant!r} variant weights, using the plain ones"
     else:
         have = ", ".join(sorted(v for v in variants if v))
-        raise FetchError(
-            f"{component}/ has only variant weights ({have}): set source.variant to one of them"
-        )
+        raise FetchError(f"{component}/ has only variant weights ({have}): set source.variant to one of them")
     candidates = [w for w in found if w.variant == pick]
     fmt = "safetensors" if any(w.fmt == "safetensors" for w in candidates) else "bin"
     candidates = [w for w in candidates if w.fmt == fmt]

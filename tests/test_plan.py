@@ -203,16 +203,39 @@ def test_a_folder_without_a_manifest_is_one_line(recipe: Path, tmp_path: Path) -
 
 
 def test_docker_history_becomes_layers_oldest_first() -> None:
+    def entry(created_by: str, size: int) -> dict[str, Any]:
+        return {"Id": "<missing>", "Created": 0, "CreatedBy": created_by, "Tags": None, "Size": size}
+
     history = [  # as docker's /images/{name}/history answers: newest first
-        {"Id": "sha256:c", "CreatedBy": "/bin/sh -c #(nop) COPY dir:abc in /app/worker_runtime ", "Size": 90_000},
-        {"Id": "<missing>", "CreatedBy": "/bin/sh -c #(nop)  ENV MODEL_DIR=/models/artifact", "Size": 0},
-        {"Id": "<missing>", "CreatedBy": "/bin/sh -c #(nop) COPY file:1 in /models/artifact/unet/x.safetensors", "Size": 1_700_000_000},
-        {"Id": "<missing>", "CreatedBy": "/bin/sh -c pip install -r requirements.txt", "Size": 350_000_000},
-        {"Id": "sha256:b", "CreatedBy": "/bin/sh -c #(nop) ADD file:base in / ", "Size": 3_000_000_000},
-    ]  # fmt: skip
+        entry("/bin/sh -c #(nop) COPY dir:abc in /app/worker_runtime ", 90_000),
+        entry("/bin/sh -c #(nop)  ENV MODEL_DIR=/models/artifact", 0),
+        entry("/bin/sh -c #(nop) COPY file:1 in /models/artifact/unet/x.safetensors", 1_700_000_000),
+        entry("/bin/sh -c pip install -r requirements.txt", 350_000_000),
+        entry("/bin/sh -c #(nop) ADD file:base in / ", 3_000_000_000),
+    ]
 
     layers = layers_from_history(history)
 
     assert [layer.size for layer in layers] == [3_000_000_000, 350_000_000, 1_700_000_000, 90_000]
     assert layers[0].what == "ADD file:base in /"
     assert layers[1].what == "pip install -r requirements.txt"
+
+
+def test_the_package_summary_uses_the_built_image_size(recipe: Path, artifact: Path, bench: Path) -> None:
+    from packager.plan import cold_start_summary
+    from packager.recipe import load_recipe
+
+    manifest = mf.load(artifact)
+    weights = sum(f.size for f in manifest.weight_files)
+    loaded = load_recipe(recipe)
+
+    summary = cold_start_summary(
+        loaded, manifest, image_size=2_000_000_000, mode="volume", bench_results=bench
+    )
+
+    load = (3.0 - 1.0) * weights / 2e9
+    assert summary["pull_s"] == round(2e9 / (1000e6 / 8), 1) == 16.0
+    assert summary["total_s"] == round(16.0 + weights / 200e6 + 4.0 + load, 1)
+    assert "(measured)" in summary["basis"] and "measured on bench-box" in summary["basis"]
+    estimated = cold_start_summary(loaded, manifest, image_size=None, mode="baked", bench_results=bench)
+    assert "(estimate)" in estimated["basis"] and estimated["pull_s"] > 16.0

@@ -131,16 +131,24 @@ UPLOADER = textwrap.dedent(
 )
 
 
-def one_done_one_part_way(s3: S3Env) -> bool:
-    """A multipart upload has completed, and another has sent a part since."""
+def one_done_one_part_way(s3: S3Env, artifact) -> bool:
+    """A file is in, and a multipart upload is missing parts (so it cannot complete yet)."""
     reqs = s3.traffic.select(s3.bucket)
-    done = [i for i, r in enumerate(reqs) if r.op == "CompleteMultipartUpload"]
-    return bool(done) and any(r.op == "UploadPart" and r.path != reqs[done[0]].path for r in reqs[done[0] :])
+    done = {r.path for r in reqs if r.op in ("PutObject", "CompleteMultipartUpload")}
+    parts: dict[str, int] = {}
+    for r in reqs:
+        if r.op == "UploadPart":
+            parts[r.path] = parts.get(r.path, 0) + 1
+    prefix = f"/{s3.bucket}/models/demo/{artifact.id}/"
+    return bool(done) and any(
+        n < -(-artifact.manifest.file(path[len(prefix) :]).size // SMALL_PARTS.chunk_size)
+        for path, n in parts.items()
+    )
 
 
 def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> None:
-    # unet (~48 MB, 10 parts) then text_encoder (~7 MB, 2 parts) go multipart, the rest in one PUT each.
-    folder, artifact_id = synthetic_artifact(tmp_path / "artifact", 60 * MiB, name="demo", seed=3)
+    # unet (8 parts) then text_encoder (2 parts) go multipart, the rest in one PUT each.
+    folder, artifact_id = synthetic_artifact(tmp_path / "artifact", 48 * MiB, name="demo", seed=3)
     artifact = load_artifact(folder)
     prefix = f"models/demo/{artifact_id}/"
     # Every upload request waits a little, so the kill lands mid-way, after some files are in.
@@ -153,8 +161,8 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
     )
     try:
         deadline = time.monotonic() + 60
-        while not one_done_one_part_way(s3):
-            assert proc.poll() is None, "the uploader finished before it could be killed"
+        while not one_done_one_part_way(s3, artifact):
+            assert proc.poll() is None, [(r.op, r.path[-30:]) for r in s3.traffic.select(s3.bucket)]
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

@@ -22,7 +22,13 @@ from tests.rig.worker import Worker, decode_png, start_worker
 
 WORKER_CONFIG = {
     "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
-    "limits": {"max_steps": 10, "max_width": 256, "max_height": 256, "max_images": 2, "max_pixels": 128 * 256},
+    "limits": {
+        "max_steps": 10,
+        "max_width": 256,
+        "max_height": 256,
+        "max_images": 2,
+        "max_pixels": 128 * 256,
+    },
 }
 OUTPUT_BUCKET = "worker-outputs"
 

@@ -98,3 +98,16 @@ def _pull(settings: Settings, model_dir: Path) -> float:
             "the two name different artifacts"
         )
     return time.perf_counter() - started
+
+
+def explain_load_failure(located: Located, exc: BaseException) -> str:
+    """One line for a load that failed although every file had its size: name the damaged file.
+
+    Only this path pays for hashing every file; a healthy start never does.
+    """
+    try:
+        mf.check(located.dir, located.manifest, full_hash=True)
+    except mf.ManifestError as bad:
+        return str(bad)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{located.dir}: loading {located.manifest.pipeline} failed: {type(exc).__name__}: {first[:300]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,14 +43,23 @@ def upload(pngs: Sequence[bytes], job_id: str, bucket_name: str | None) -> dict[
     return {"image_url": urls[0]} if len(urls) == 1 else {"image_urls": urls}
 
 
-def save(pngs: Sequence[bytes], folder: Path, job_id: str) -> list[Path]:
-    """Local runs (`packager smoke`) also keep the PNGs: the SDK's log truncates the job's output."""
+def save(pngs: Sequence[bytes], answer: dict[str, Any], folder: Path, job_id: str) -> list[Path]:
+    """Local runs (`packager smoke`) keep the PNGs and the answer: the SDK's log truncates both.
+
+    Writes `<job id>.png` (`<job id>-<n>.png` for several) and `<job id>.json` (the answer without
+    its image data), each atomically.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, data in enumerate(pngs):
-        target = folder / (f"{job_id}.png" if len(pngs) == 1 else f"{job_id}-{i}.png")
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-        paths.append(target)
+        paths.append(_write(folder / (f"{job_id}.png" if len(pngs) == 1 else f"{job_id}-{i}.png"), data))
+    meta = {k: v for k, v in answer.items() if k not in ("image_base64", "images_base64")}
+    _write(folder / f"{job_id}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
     return paths
+
+
+def _write(target: Path, data: bytes) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target

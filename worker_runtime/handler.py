@@ -61,9 +61,7 @@ try:
     try:
         LOADED = load.load_pipeline(pipeline_class, torch, ARTIFACT.dir, ARTIFACT.manifest, device)
     except Exception as exc:
-        # A file with the right size but damaged bytes gets this far; say which load failed.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StartError(f"{ARTIFACT.dir}: loading {ARTIFACT.manifest.pipeline} failed: {first}") from None
+        raise StartError(artifact.explain_load_failure(ARTIFACT, exc)) from None
     LOAD_S = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -125,10 +123,12 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         return {"error": f"inference failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
     pngs = [encode.png_bytes(image) for image in result.images]
     job_id = str(job.get("id") or "job")
-    if SETTINGS.save_dir is not None:
-        encode.save(pngs, SETTINGS.save_dir, job_id)
     try:
-        out = encode.upload(pngs, job_id, SETTINGS.bucket_name) if gen.output == "s3" else encode.as_base64(pngs)
+        out = (
+            encode.upload(pngs, job_id, SETTINGS.bucket_name)
+            if gen.output == "s3"
+            else encode.as_base64(pngs)
+        )
     except Exception as exc:
         return {"error": f"output: upload to S3 failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
     timings = {"inference": round(result.inference_ms, 1)}
@@ -142,6 +142,8 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     out["$meta"] = {**META, "scheduler": result.scheduler}
     if gen.request_id is not None:
         out["$meta"]["startRequestId"] = gen.request_id
+    if SETTINGS.save_dir is not None:
+        encode.save(pngs, out, SETTINGS.save_dir, job_id)
     return out
 
 

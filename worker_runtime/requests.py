@@ -132,7 +132,9 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
     model_id = call_inputs.get("MODEL_ID")
     if model_id not in (None, "") and model_id not in serving.model_ids:
         served = ", ".join(sorted(serving.model_ids))
-        raise RequestError(f"callInputs.MODEL_ID: {model_id!r} is not served here (this worker serves {served})")
+        raise RequestError(
+            f"callInputs.MODEL_ID: {model_id!r} is not served here (this worker serves {served})"
+        )
     pipeline = call_inputs.get("PIPELINE")
     if pipeline not in (None, "") and pipeline != serving.pipeline:
         raise RequestError(
@@ -141,7 +143,8 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
     precision = call_inputs.get("MODEL_PRECISION")
     if precision not in (None, "") and precision != serving.precision:
         raise RequestError(
-            f"callInputs.MODEL_PRECISION: {precision!r} is not available (this artifact is {serving.precision})"
+            f"callInputs.MODEL_PRECISION: {precision!r} is not available "
+            f"(this artifact is {serving.precision})"
         )
     _optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
     request_id = _optional(call_inputs, "startRequestId", str, "callInputs.")
@@ -232,8 +235,10 @@ def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
     name = SCHEDULER_ALIASES.get(name, name)
     available = serving.schedulers()
     if name not in available:
-        raise RequestError(f"{where}: {value!r} is not compatible with {serving.pipeline} (one of: "
-                           f"{', '.join(sorted(available))})")
+        raise RequestError(
+            f"{where}: {value!r} is not compatible with {serving.pipeline} (one of: "
+            f"{', '.join(sorted(available))})"
+        )
     return name
 
 

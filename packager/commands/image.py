@@ -1,5 +1,225 @@
-"""(filled in by its issue)."""
+"""render, build: an artifact into a Dockerfile + build context, and into an image (and a registry).
+
+Both ask the lock for the artifact id first: an image that is already up to date is found by its
+tag and labels without touching the artifact, and a volume-mode image needs only the manifest,
+never the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-COMMANDS: list[click.Command] = []
+from packager.commands.options import frozen_option, mode_option, recipe_argument
+from packager.output import emit, grid, human_bytes, json_option
+
+if TYPE_CHECKING:
+    from packager.artifact import Artifact
+    from packager.naming import Mode
+    from packager.recipe import LoadedRecipe
+    from worker_runtime.manifest import Manifest
+
+base_image_option = click.option(
+    "--base-image",
+    metavar="IMAGE",
+    default=None,
+    help="Base image instead of the recipe's `image.base` (e.g. a CUDA PyTorch image of your own).",
+)
+find_links_option = click.option(
+    "--find-links",
+    "pip_find_links",
+    metavar="URL",
+    default=None,
+    help="Install the worker's packages only from this wheelhouse URL (offline builds); no credentials.",
+)
+
+
+@click.command("render")
+@recipe_argument
+@mode_option
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Context folder (default: build/contexts/<name>/<id>-<mode>/). Replaced whole.",
+)
+@base_image_option
+@find_links_option
+@frozen_option
+@json_option
+def render_command(
+    recipe_file: str,
+    mode: str | None,
+    out_dir: Path | None,
+    base_image: str | None,
+    pip_find_links: str | None,
+    frozen: bool,
+    as_json: bool,
+) -> None:
+    """Write RECIPE's Dockerfile and build context; no Docker engine needed.
+
+    The weights are hard-linked from the artifact (baked mode), the worker code is copied, and the
+    Dockerfile orders layers so that a code change rebuilds only the last ones. Build it yourself
+    with `docker build --build-arg BASE_IMAGE=... DIR`, or let `packager build` do it.
+    """
+    from packager.recipe import load_recipe
+    from packager.render import render
+
+    loaded = load_recipe(recipe_file)
+    chosen = cast("Mode", mode or loaded.recipe.mode)
+    artifact, manifest, artifact_id = _artifact(loaded, chosen, frozen=frozen, quiet=as_json)
+    result = render(
+        loaded,
+        artifact,
+        manifest,
+        artifact_id,
+        chosen,
+        out_dir,
+        base_image=base_image,
+        pip_find_links=pip_find_links,
+    )
+    data = {
+        "name": loaded.recipe.name,
+        "mode": chosen,
+        "artifact_id": artifact_id,
+        "tag": result.tag,
+        "context_dir": str(result.context_dir),
+        "dockerfile": str(result.dockerfile),
+        "base_image": result.base_image,
+        "layers": list(result.layer_steps),
+        "hard_linked": result.linked,
+        "copied": result.copied,
+    }
+    text = "\n".join(
+        [
+            f"rendered {result.dockerfile}",
+            f"tag      {result.tag}",
+            f"base     {result.base_image}",
+            f"weights  {result.linked} hard-linked, {result.copied} copied",
+            "layers   " + ", ".join(result.layer_steps),
+            f"build    docker build -t {result.tag} {result.context_dir}",
+        ]
+    )
+    emit(data, as_json, text)
+
+
+@click.command("build")
+@recipe_argument
+@mode_option
+@click.option(
+    "--push/--no-push",
+    default=None,
+    help="Push every tag to its registry after the build (default: the recipe's `image.push`).",
+)
+@base_image_option
+@find_links_option
+@click.option(
+    "--network",
+    default=None,
+    metavar="NAME",
+    help="Network for the build's RUN steps (default: the engine's; `host` for a loopback --find-links).",
+)
+@click.option("--no-cache", is_flag=True, help="Build every layer afresh, even when the image is up to date.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not stream the build log.")
+@frozen_option
+@json_option
+def build_command(
+    recipe_file: str,
+    mode: str | None,
+    push: bool | None,
+    base_image: str | None,
+    pip_find_links: str | None,
+    network: str | None,
+    no_cache: bool,
+    quiet: bool,
+    frozen: bool,
+    as_json: bool,
+) -> None:
+    """Build RECIPE's image with the local Docker engine (DOCKER_HOST), and push it when asked.
+
+    Tagged <repository>:<name>-<artifact-id[:12]>-<mode> plus the recipe's `image.tags`. An image
+    with that tag whose labels carry the same artifact id and worker code is reused, not rebuilt.
+    Registry credentials come from your docker config (`docker login`), never from the recipe.
+    """
+    from packager.artifact import known_artifact_id
+    from packager.build import build, connect, find_built_image
+    from packager.build import push as push_image
+    from packager.recipe import load_recipe
+
+    loaded = load_recipe(recipe_file)
+    chosen = cast("Mode", mode or loaded.recipe.mode)
+    push = loaded.recipe.image.push if push is None else push
+    client = connect()  # fail in a second, before any conversion, when there is no engine
+    known = known_artifact_id(loaded, frozen=frozen)
+    found = None
+    if known and not no_cache:
+        found = find_built_image(loaded, known, chosen, base_image=base_image, client=client)
+    if found is not None:
+        if not quiet:
+            click.echo(f"{found.tag} is up to date: not rebuilt", err=True)
+        result = push_image(found, quiet=quiet, client=client) if push else found
+    else:
+        artifact, manifest, artifact_id = _artifact(loaded, chosen, frozen=frozen, quiet=as_json or quiet)
+        result = build(
+            loaded,
+            artifact,
+            manifest,
+            artifact_id,
+            chosen,
+            push=push,
+            base_image=base_image,
+            pip_find_links=pip_find_links,
+            network=network,
+            no_cache=no_cache,
+            quiet=quiet,
+            client=client,
+        )
+    rows = [(x.step, human_bytes(x.size), x.digest[:19]) for x in result.layers]
+    pushed = (
+        f"yes ({result.uploaded_layers} layers uploaded, the rest already there)" if result.pushed else "no"
+    )
+    text = "\n".join(
+        [
+            f"image    {result.tag}" + ("  (up to date)" if result.skipped else ""),
+            f"id       {result.image_id[:19]}",
+            f"size     {human_bytes(result.size)}",
+            "tags     " + ", ".join(result.tags),
+            f"pushed   {pushed}",
+            "",
+            grid(("layer", "size", "digest"), rows),
+        ]
+    )
+    emit(result.to_json(), as_json, text)
+
+
+def _artifact(
+    loaded: LoadedRecipe, mode: str, *, frozen: bool, quiet: bool
+) -> tuple[Artifact | None, Manifest, str]:
+    """(artifact on disk or None, manifest, id). Volume mode reads the manifest where it is cheapest:
+    the local artifact, else the store; it converts only when neither has it."""
+    from packager.artifact import ensure_artifact, known_artifact_id, local_artifact
+    from packager.errors import PackagerError
+    from packager.store import open_store
+
+    if mode == "volume":
+        known = known_artifact_id(loaded, frozen=frozen)
+        if known:
+            local = local_artifact(loaded.recipe.name, known)
+            if local is not None:
+                return None, local.manifest, known
+            manifest: Any = None
+            try:
+                manifest = open_store(loaded).read_manifest(loaded.recipe.name, known)
+            except PackagerError:
+                manifest = None
+            if manifest is not None:
+                return None, manifest, known
+    artifact = ensure_artifact(loaded, frozen=frozen, quiet=quiet)
+    return (artifact if mode == "baked" else None), artifact.manifest, artifact.id
+
+
+COMMANDS: list[click.Command] = [render_command, build_command]

@@ -142,7 +142,8 @@ def _artifact(loaded: LoadedRecipe, given: Path | None) -> tuple[Path, Manifest,
         known = known_artifact_id(loaded)
         if not known:
             raise LockError(
-                f"{loaded.path}: no packaged artifact yet: run `packager package {loaded.path}`, or pass --artifact DIR"
+                f"{loaded.path}: no packaged artifact yet: run `packager package {loaded.path}`, "
+                "or pass --artifact DIR"
             )
         given = artifact_dir(loaded.recipe.name, known)
     try:
@@ -230,7 +231,8 @@ def _text(data: dict[str, Any], modes: dict[planning.Mode, planning.ModePlan]) -
         f"crossover: {crossover:,.0f} requests/day at {c['seconds_per_request']:g} s/request "
         f"(serverless is cheaper below it)"
         if crossover is not None
-        else "no crossover: an always-on second costs more than a serverless one, so serverless is cheaper at any load"
+        else "no crossover: an always-on second costs more than a serverless one, "
+        "so serverless is cheaper at any load"
     )
     header = (
         f"{data['recipe']}: artifact {data['artifact_id'][:12]} ({data['precision']}), "

@@ -13,7 +13,9 @@ from packager.recipe import load_recipe
 
 @click.command()
 @recipe_argument
-@click.option("--check", is_flag=True, help="Change nothing: exit 1 naming what drifted, 0 when the lock is fresh.")
+@click.option(
+    "--check", is_flag=True, help="Change nothing: exit 1 naming what drifted, 0 when the lock is fresh."
+)
 @json_option
 def lock(recipe_file: str, check: bool, as_json: bool) -> None:
     """Pin RECIPE's source in a lock file beside it (x.yaml → x.lock).

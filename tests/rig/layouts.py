@@ -6,7 +6,7 @@ other layout is derived from them by rewriting files, so the whole set costs two
 | repo                     | layout                                                                    |
 |--------------------------|---------------------------------------------------------------------------|
 | tiny/sd-bin              | (1) diffusers folders, fp32 `.bin` weights (old repos, portraitplus-like) |
-| tiny/sd-bin-sharded      | (1) same, the UNet as legacy sharded `.bin` + `.bin.index.json`           |
+| tiny/sd-bin-sharded      | (1) same, the text encoder as legacy sharded `.bin` + `.bin.index.json`   |
 | tiny/sdxl                | (2) SDXL: two text encoders/tokenizers, safetensors + `*.fp16.safetensors`|
 |                          |     plus openvino/onnx files, a `vae_1_0/` folder and a root checkpoint    |
 | tiny/sd-fp16-branch      | (3) fp32 safetensors on `main`, fp16 on branch `fp16`; tag `v1.0`         |
@@ -57,7 +57,7 @@ SINGLE_FILE_SAFETENSORS = "tiny-sd.safetensors"
 PORTRAITPLUS_ROOT_FILES = ("portrait+1.0.ckpt", "portrait+1.0.safetensors")
 
 # Bumped whenever a layout's bytes change, so a cached build of an older layout is not reused.
-LAYOUTS_VERSION = "1"
+LAYOUTS_VERSION = "2"
 _STAMP = ".layouts-complete"
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 
@@ -80,7 +80,9 @@ class RepoLayout:
     def files(self, branch: str = "main") -> dict[str, int]:
         """Repo path → size, for assertions."""
         root = self.refs[branch]
-        return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
+        }
 
 
 # ---- building ---------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def _describe(root: Path) -> dict[str, RepoLayout]:
 
     layouts = [
         RepoLayout(SD_BIN, {"main": d(SD_BIN) / "main"}, about="diffusers folders with fp32 .bin weights"),
-        RepoLayout(SD_BIN_SHARDED, {"main": d(SD_BIN_SHARDED) / "main"}, about="UNet as legacy sharded .bin"),
+        RepoLayout(SD_BIN_SHARDED, {"main": d(SD_BIN_SHARDED) / "main"}, about="text encoder as legacy sharded .bin"),
         RepoLayout(SDXL, {"main": d(SDXL) / "main"}, about="SDXL with fp16 variant files"),
         RepoLayout(
             SD_FP16_BRANCH,
@@ -136,9 +138,15 @@ def _describe(root: Path) -> dict[str, RepoLayout]:
             tags={"v1.0": "main"},
             about="fp32 on main, fp16 weights on branch fp16",
         ),
-        RepoLayout(SD_ORIGINAL, {"main": d(SD_ORIGINAL) / "main"}, about="single-file original-layout checkpoints"),
-        RepoLayout(SD_CONFIG, {"main": d(SD_CONFIG) / "main"}, about="configs for the single-file checkpoints"),
-        RepoLayout(PORTRAITPLUS, {"main": d(PORTRAITPLUS) / "main"}, about=".bin folders plus big root checkpoints"),
+        RepoLayout(
+            SD_ORIGINAL, {"main": d(SD_ORIGINAL) / "main"}, about="single-file original-layout checkpoints"
+        ),
+        RepoLayout(
+            SD_CONFIG, {"main": d(SD_CONFIG) / "main"}, about="configs for the single-file checkpoints"
+        ),
+        RepoLayout(
+            PORTRAITPLUS, {"main": d(PORTRAITPLUS) / "main"}, about=".bin folders plus big root checkpoints"
+        ),
         RepoLayout(SD_EVERYTHING, {"main": d(SD_EVERYTHING) / "main"}, about="every format, onnx/ and flax"),
         RepoLayout(SD_GATED, {"main": d(SD_GATED) / "main"}, gated=True, about="gated"),
         RepoLayout(SD_PRIVATE, {"main": d(SD_PRIVATE) / "main"}, private=True, about="private"),
@@ -160,7 +168,9 @@ def _build(root: Path) -> None:
     _repo_files(d(SD_BIN), "Tiny SD with fp32 .bin weights.")
 
     _copy(d(SD_BIN), d(SD_BIN_SHARDED))
-    shard_bin(d(SD_BIN_SHARDED) / "unet" / "diffusion_pytorch_model.bin", shards=2)
+    # Legacy sharding is a transformers habit (big T5/CLIP encoders); diffusers only reads sharded
+    # `.bin` models when told use_safetensors=False, so the text encoder is the realistic case.
+    shard_bin(d(SD_BIN_SHARDED) / "text_encoder" / "pytorch_model.bin", shards=2)
 
     # (2) SDXL with fp16 variant files and the extras the real sdxl-base repo carries.
     sdxl = d(SDXL)
@@ -322,7 +332,6 @@ def add_fp16_variants(folder: Path) -> None:
 
 
 def _write_fp16(src: Path, dst: Path) -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
     state = load_file(src)
@@ -339,7 +348,12 @@ def save_sdxl_pipeline(folder: Path, seed: int = 10) -> Path:
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -446,7 +460,9 @@ def write_original_checkpoint(diffusers_folder: Path, out: Path) -> Path:
     state.update(vae_to_ldm(weights("vae"), vae_config))
     # The CompVis checkpoints hold a transformers CLIPTextModel of their day: keys under `text_model.`
     # (transformers >= 5.6 saves the flattened model without that prefix).
-    state.update({f"cond_stage_model.transformer.{_text_model_key(k)}": t for k, t in weights("text_encoder").items()})
+    state.update(
+        {f"cond_stage_model.transformer.{_text_model_key(k)}": t for k, t in weights("text_encoder").items()}
+    )
     state = {k: t.contiguous() for k, t in sorted(state.items())}
     if out.suffix == ".safetensors":
         save_file(state, out, metadata={"format": "pt"})
@@ -482,7 +498,11 @@ def _unet_key(key: str, lpb: int, up_has_attn: list[bool], direct: Mapping[str, 
     if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         block = 1 + i * (lpb + 1) + j
-        return f"input_blocks.{block}.0.{_resnet(rest)}" if kind == "resnets" else f"input_blocks.{block}.1.{rest}"
+        return (
+            f"input_blocks.{block}.0.{_resnet(rest)}"
+            if kind == "resnets"
+            else f"input_blocks.{block}.1.{rest}"
+        )
     if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
         return f"input_blocks.{(int(m[1]) + 1) * (lpb + 1)}.0.op.{m[2]}"
     if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
@@ -492,7 +512,11 @@ def _unet_key(key: str, lpb: int, up_has_attn: list[bool], direct: Mapping[str, 
     if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         block = i * (lpb + 1) + j
-        return f"output_blocks.{block}.0.{_resnet(rest)}" if kind == "resnets" else f"output_blocks.{block}.1.{rest}"
+        return (
+            f"output_blocks.{block}.0.{_resnet(rest)}"
+            if kind == "resnets"
+            else f"output_blocks.{block}.1.{rest}"
+        )
     if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
         i = int(m[1])
         slot = 2 if up_has_attn[i] else 1
@@ -532,11 +556,15 @@ def vae_to_ldm(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str,
             new = f"decoder.up.{n_up - 1 - int(m[1])}.upsample.conv.{m[2]}"
         elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
             new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{_vae_resnet(m[3])}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key):
+        elif m := re.fullmatch(
+            r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key
+        ):
             new = f"{m[1]}.mid.attn_1.{_VAE_ATTN_TO_LDM[m[2]]}.{m[3]}"
             if m[2] != "group_norm" and tensor.ndim == 2:
                 tensor = tensor[:, :, None, None]
-        elif re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\.(weight|bias)|(post_)?quant_conv\.(weight|bias)", key):
+        elif re.fullmatch(
+            r"(encoder|decoder)\.conv_(in|out)\.(weight|bias)|(post_)?quant_conv\.(weight|bias)", key
+        ):
             new = key
         else:
             raise ValueError(f"no original-layout name for VAE key {key!r}")

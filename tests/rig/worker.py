@@ -24,7 +24,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
 # Variables from the developer's shell that would change what the worker does.
-_SCRUB_PREFIXES = ("RUNPOD_", "BUCKET_", "WORKER_", "MODEL_DIR", "ARTIFACT_URI", "VOLUME_MOUNT", "PULL_TIMEOUT")
+_SCRUB_PREFIXES = (
+    "RUNPOD_",
+    "BUCKET_",
+    "WORKER_",
+    "MODEL_DIR",
+    "ARTIFACT_URI",
+    "VOLUME_MOUNT",
+    "PULL_TIMEOUT",
+)
 
 
 def worker_env(model_dir: Path | None, **extra: str) -> dict[str, str]:
@@ -99,7 +107,9 @@ def start_worker(model_dir: Path | None, log_dir: Path, **env: str) -> Worker:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode} before serving:\n{worker.log()[-3000:]}")
+            raise RuntimeError(
+                f"worker exited with {proc.returncode} before serving:\n{worker.log()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(worker.url + "/openapi.json", timeout=2) as resp:
                 if resp.status == 200:
@@ -112,7 +122,7 @@ def start_worker(model_dir: Path | None, log_dir: Path, **env: str) -> Worker:
 
 
 def run_test_input(
-    model_dir: Path | None, job: Any, cwd: Path, timeout: float = START_TIMEOUT_S, **env: str
+    model_dir: Path | None, job: Any, cwd: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """`python -m worker_runtime --test_input JSON`: one job, then exit (stdout and stderr kept)."""
     cwd.mkdir(parents=True, exist_ok=True)
@@ -123,7 +133,7 @@ def run_test_input(
         env=worker_env(model_dir, **env),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=START_TIMEOUT_S,
     )
 
 
