@@ -85,7 +85,9 @@ def _child(variant: str, src: Path, out: Path) -> dict[str, Any]:
         from packager.convert import ConvertSettings, convert
 
         imported = time.perf_counter()
-        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and p.name != ".layout")
+        files = sorted(
+            p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and p.name != ".layout"
+        )
         convert(
             src,
             files,
@@ -150,7 +152,9 @@ def _warm(src: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one run each, naive path skipped")
     parser.add_argument("--runs", type=int, default=3, help="runs of each variant (median reported)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -178,7 +182,10 @@ def main(argv: list[str]) -> int:
             raw[variant].append(_run_once(variant, src, work))
             print(f"  run {i + 1}/{runs} {variant}: {raw[variant][-1]['wall_s']:.2f} s", file=sys.stderr)
     table = {
-        v: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "inner_s", "work_s", "cpu_s", "peak_rss_mb", "peak_anon_mb")}
+        v: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("wall_s", "inner_s", "work_s", "cpu_s", "peak_rss_mb", "peak_anon_mb")
+        }
         for v, rs in raw.items()
     }
     summary: dict[str, Any] = {}
@@ -202,11 +209,12 @@ def main(argv: list[str]) -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"{'variant':<10} {'wall s':>8} {'in-proc s':>10} {'work s':>7} {'CPU s':>7} {'peak RSS MB':>12} {'peak anon MB':>13}")
+    head = ("variant", "wall s", "in-proc s", "work s", "CPU s", "peak RSS MB", "peak anon MB")
+    print(f"{head[0]:<10} {head[1]:>8} {head[2]:>10} {head[3]:>7} {head[4]:>7} {head[5]:>12} {head[6]:>13}")
     for v, row in table.items():
         print(
-            f"{v:<10} {row['wall_s']:>8.2f} {row['inner_s']:>10.2f} {row['work_s']:>7.2f} {row['cpu_s']:>7.2f} {row['peak_rss_mb']:>12.0f} "
-            f"{row['peak_anon_mb']:>13.0f}"
+            f"{v:<10} {row['wall_s']:>8.2f} {row['inner_s']:>10.2f} {row['work_s']:>7.2f} "
+            f"{row['cpu_s']:>7.2f} {row['peak_rss_mb']:>12.0f} {row['peak_anon_mb']:>13.0f}"
         )
     for key, value in summary.items():
         print(f"{key}: {value:.2f} (target {'≥' if key == 'speedup_vs_naive' else '≤'} {TARGETS[key]})")

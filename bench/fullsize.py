@@ -38,7 +38,12 @@ UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,
@@ -94,9 +99,12 @@ def _build(folder: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vocab = write_clip_tokenizer(folder / "tokenizer")
-    PNDMScheduler(**SCHEDULER_CONFIG).save_config(folder / "scheduler")
+    scheduler: Any = PNDMScheduler(**SCHEDULER_CONFIG)
+    scheduler.save_config(folder / "scheduler")
     block = torch.empty(_BLOCK_ELEMS).normal_(0.0, _STD, generator=torch.Generator().manual_seed(1234))
 
+    unet: Any
+    vae: Any
     with torch.device("meta"):
         unet = UNet2DConditionModel(**UNET_CONFIG)
         vae = AutoencoderKL(**VAE_CONFIG)
@@ -116,15 +124,16 @@ def _build(folder: Path) -> None:
         text_encoder = CLIPTextModel(text_config)
     text_config.architectures = ["CLIPTextModel"]
 
-    unet.save_config(folder / "unet")
-    vae.save_config(folder / "vae")
+    for model, name in ((unet, "unet"), (vae, "vae")):
+        model.save_config(folder / name)
     text_config.save_pretrained(folder / "text_encoder")
     cursor = 0
-    for model, rel in (
+    models: tuple[tuple[Any, str], ...] = (
         (unet, "unet/diffusion_pytorch_model.bin"),
         (vae, "vae/diffusion_pytorch_model.bin"),
         (text_encoder, "text_encoder/pytorch_model.bin"),
-    ):
+    )
+    for model, rel in models:
         cursor = write_random_bin(folder / rel, model.state_dict(), block, cursor)
     index = {
         "_class_name": "StableDiffusionPipeline",
@@ -163,7 +172,7 @@ def write_random_bin(path: Path, shapes: dict[str, Any], block: Any, cursor: int
     try:
         loaded = torch.load(path, mmap=True, weights_only=True)
     finally:
-        torch.serialization.set_default_mmap_options(previous)
+        torch.serialization.set_default_mmap_options(previous or mmap.MAP_PRIVATE)
     for name in sorted(loaded):
         tensor = loaded[name]
         flat = tensor.view(-1)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from packager.errors import ConvertError, PackagerError
+from packager.errors import ConvertError
 from packager.safetensors_writer import Engine, Entry, FileWriter, Layout, dtype_code, dtype_label, layout
 from packager.tensor_reader import TensorSet, open_tensors, read_shard_index
 from worker_runtime import manifest as mf
@@ -56,7 +56,11 @@ MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
-_OUT_NAME = {"diffusion_pytorch_model": DIFFUSERS_WEIGHTS, "pytorch_model": TRANSFORMERS_WEIGHTS, "model": TRANSFORMERS_WEIGHTS}
+_OUT_NAME = {
+    "diffusion_pytorch_model": DIFFUSERS_WEIGHTS,
+    "pytorch_model": TRANSFORMERS_WEIGHTS,
+    "model": TRANSFORMERS_WEIGHTS,
+}
 _WEIGHTS_RE = re.compile(
     r"^(?P<stem>diffusion_pytorch_model|pytorch_model|model)(?:\.(?P<variant>[A-Za-z0-9_]+))?"
     r"(?:-(?P<shard>\d{5})-of-(?P<total>\d{5}))?\.(?P<fmt>safetensors|bin)$"
@@ -67,8 +71,21 @@ _INDEX_RE = re.compile(
 )
 # Weight formats we never copy into an artifact: anything else with these suffixes is a mistake
 # upstream (a root checkpoint, an ONNX export) and would bloat the image by gigabytes.
-_FOREIGN_WEIGHTS = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".onnx", ".onnx_data", ".msgpack",
-                    ".h5", ".pb", ".gguf", ".tflite", ".mlmodel")
+_FOREIGN_WEIGHTS = (
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".safetensors",
+    ".onnx",
+    ".onnx_data",
+    ".msgpack",
+    ".h5",
+    ".pb",
+    ".gguf",
+    ".tflite",
+    ".mlmodel",
+)
 _COPY_CHUNK = 1 << 20
 
 
@@ -142,7 +159,9 @@ def convert(
         if not (src_root / rel).is_file():
             raise ConvertError(f"{src_root / rel}: source file missing")
     if MODEL_INDEX not in rels:
-        raise ConvertError(f"{src_root}: no {MODEL_INDEX} among the files to convert (not a diffusers pipeline)")
+        raise ConvertError(
+            f"{src_root}: no {MODEL_INDEX} among the files to convert (not a diffusers pipeline)"
+        )
     if checkpoint is not None and not checkpoint.is_file():
         raise ConvertError(f"{checkpoint}: checkpoint file missing")
     index = _read_json(src_root / MODEL_INDEX, MODEL_INDEX)
@@ -211,14 +230,16 @@ def _plan_pipeline(index: dict[str, Any], settings: ConvertSettings) -> _Pipelin
         new_index["requires_safety_checker"] = False
     new_index["_class_name"] = pipeline
     source_scheduler = index.get("scheduler")
-    source_class = source_scheduler[1] if isinstance(source_scheduler, list) and len(source_scheduler) == 2 else None
+    source_class = (
+        source_scheduler[1] if isinstance(source_scheduler, list) and len(source_scheduler) == 2 else None
+    )
     record: dict[str, Any] = {"class": source_class, "overridden": False}
     scheduler_bytes = None
     if settings.pipeline or settings.drop:
         _check_pipeline_components(pipeline, new_index, settings)
     if settings.scheduler:
         if source_class is None:
-            raise ConvertError(f"scheduler: this pipeline has no scheduler component to replace")
+            raise ConvertError("scheduler: this pipeline has no scheduler component to replace")
         new_index["scheduler"] = ["diffusers", settings.scheduler]
         record = {"class": settings.scheduler, "overridden": True, "source_class": source_class}
         scheduler_bytes = b""  # filled in by _write_artifact, which has the source config
@@ -262,7 +283,9 @@ def _scheduler_override(src_config: dict[str, Any], class_name: str) -> bytes:
     try:
         scheduler = cls.from_config(src_config)
     except Exception as exc:  # diffusers raises plain ValueError/TypeError for incompatible configs
-        raise ConvertError(f"scheduler: {class_name} cannot be built from the source config ({exc})") from None
+        raise ConvertError(
+            f"scheduler: {class_name} cannot be built from the source config ({exc})"
+        ) from None
     return scheduler.to_json_string().encode()
 
 
@@ -279,8 +302,6 @@ class _WeightsJob:
     overflowed: set[str] = field(default_factory=set)
     writer: FileWriter | None = None
     flat: _FlatSource | None = None
-    verify_done: list[Any] = field(default_factory=list)
-    redo: bool = False
 
     @property
     def source_bytes(self) -> int:
@@ -318,6 +339,18 @@ def _write_artifact(
             label_of = {src_root / r: r for r in sources}
             tensors = open_tensors([src_root / r for r in sources], label_of)
             jobs.append(_job(out_rel, ", ".join(sources), tensors, index, folder.split("/")[0], dtype))
+
+        weighted = {job.out_rel.split("/")[0] for job in jobs}
+        for comp, spec in sorted(index.items()):
+            if comp in dropped or comp.startswith("_") or not isinstance(spec, list) or None in spec:
+                continue
+            if f"{comp}/config.json" in plain and comp not in weighted:
+                where = (
+                    "in the checkpoint or the config folder" if checkpoint else "among the files to convert"
+                )
+                raise ConvertError(
+                    f"{comp}: no weights {where}; fetch them, or drop the component (components.drop)"
+                )
 
         for rel in plain:
             if rel == MODEL_INDEX and plan.index_bytes is not None:
@@ -389,7 +422,9 @@ def _pick_weights(folder: str, rels: list[str], src_root: Path) -> tuple[str, li
     return f"{folder}/{_OUT_NAME[key[0]]}", weights
 
 
-def _job(out_rel: str, origin: str, tensors: TensorSet, index: dict[str, Any], comp: str, dtype: Any) -> _WeightsJob:
+def _job(
+    out_rel: str, origin: str, tensors: TensorSet, index: dict[str, Any], comp: str, dtype: Any
+) -> _WeightsJob:
     names = _dedupe_aliases(tensors, index.get(comp), out_rel)
     return _WeightsJob(out_rel=out_rel, origin=origin, tensors=tensors, names=names, dtype=dtype)
 
@@ -416,7 +451,9 @@ def _dedupe_aliases(tensors: TensorSet, component: Any, out_rel: str) -> list[st
 
 def _tied_targets(component: Any) -> Callable[[str], bool]:
     """Which names the component's class ties to another on load (transformers' `_tied_weights_keys`)."""
-    if not (isinstance(component, list) and len(component) == 2 and all(isinstance(c, str) for c in component)):
+    if not (
+        isinstance(component, list) and len(component) == 2 and all(isinstance(c, str) for c in component)
+    ):
         return lambda _name: False
     library, class_name = component
     cls = None
@@ -462,7 +499,7 @@ class _FlatSource:
 def _run_jobs(
     jobs: list[_WeightsJob], tmp: Path, settings: ConvertSettings, verify: bool, workers: int, progress: bool
 ) -> list[mf.FileEntry]:
-    from packager import verify as verifier
+    from packager.verify import ReadBack
 
     # Largest first: its hash is the longest sequential task, so it should start first.
     jobs = sorted(jobs, key=lambda j: (-j.source_bytes, j.out_rel))
@@ -476,17 +513,14 @@ def _run_jobs(
             plan = _layout_for(job)
             job.flat = _FlatSource(job.tensors.tensors)
             fill = _filler(job, plan, settings, engine.chunk_bytes)
+            readback = None
+            if verify:
+                origin = job.tensors.origin
 
-            def on_written(writer: FileWriter) -> None:
-                if job.overflowed:
-                    job.redo = True  # rewritten with those tensors in fp32 by the main thread
-                elif verify:
-                    assert job.flat is not None
-                    job.verify_done = verifier.verify_written(
-                        engine, writer.path, job.out_rel, plan, _caster(job.flat), job.tensors.origin
-                    )
+                def readback(path: Path) -> ReadBack:
+                    return ReadBack(path, job.out_rel, plan, origin)
 
-            job.writer = FileWriter(engine, out_path, plan, fill, on_written, bar.update if bar else None)
+            job.writer = FileWriter(engine, out_path, plan, fill, readback, bar.update if bar else None)
             job.writer.start()
 
         for job in jobs:
@@ -494,22 +528,17 @@ def _run_jobs(
         for job in jobs:
             assert job.writer is not None
             job.writer.wait_written()
-            if job.redo:
+            if job.overflowed:
+                # keep_fp32: the first pass found every tensor that overflows; write the file again
+                # with those in fp32 (fp32 holds any value the source had, so once is enough).
                 job.writer.abandon()
                 job.kept_fp32 |= job.overflowed
                 job.overflowed = set()
-                job.redo = False
                 start(job)
-                job.writer.wait_written()
-                if job.redo:  # cannot happen: fp32 holds every value the source had
-                    raise ConvertError(f"{job.out_rel}: tensors still overflow after keeping them in fp32")
         out = []
         for job in jobs:
             assert job.writer is not None
             size, sha = job.writer.finish()
-            for fut in job.verify_done:
-                fut.result()
-            engine.raise_if_failed()
             codes = [dtype_code(e.dtype) for e in job.writer.plan.entries]
             out.append(mf.FileEntry(job.out_rel, size, sha, len(codes), dtype_label(codes)))
         return out
@@ -538,13 +567,6 @@ def _layout_for(job: _WeightsJob) -> Layout:
     return layout(specs)
 
 
-def _caster(flat: _FlatSource) -> Callable[[Entry, int, int, torch.Tensor], None]:
-    def cast(entry: Entry, lo: int, hi: int, dst: torch.Tensor) -> None:
-        dst.copy_(flat.flat(entry.name)[lo:hi])
-
-    return cast
-
-
 def _filler(
     job: _WeightsJob, plan: Layout, settings: ConvertSettings, chunk_bytes: int
 ) -> Callable[[Entry, int, int, Any], None]:
@@ -555,7 +577,9 @@ def _filler(
     flat = job.flat
     # How many chunks each tensor spans: its contiguous copy (if any) is dropped after the last.
     remaining = {
-        e.name: (e.start + e.nbytes - 1) // chunk_bytes - e.start // chunk_bytes + 1 for e in plan.entries if e.nbytes
+        e.name: (e.start + e.nbytes - 1) // chunk_bytes - e.start // chunk_bytes + 1
+        for e in plan.entries
+        if e.nbytes
     }
     lock = threading.Lock()
 
@@ -563,7 +587,11 @@ def _filler(
         src_full = flat.flat(entry.name)
         src = src_full[lo:hi]
         dst.copy_(src)
-        if src.dtype != dst.dtype and dst.is_floating_point() and torch.finfo(dst.dtype).max < torch.finfo(src.dtype).max:
+        if (
+            src.dtype != dst.dtype
+            and dst.is_floating_point()
+            and torch.finfo(dst.dtype).max < torch.finfo(src.dtype).max
+        ):
             lo_v, hi_v = torch.aminmax(dst)
             if not (torch.isfinite(lo_v) and torch.isfinite(hi_v)):
                 overflow = int(torch.isinf(dst).sum()) > int(torch.isinf(src).sum())
@@ -589,7 +617,8 @@ def _overflow(job: _WeightsJob, entry: Entry, src: torch.Tensor, settings: Conve
     kind = str(entry.dtype).removeprefix("torch.")
     raise ConvertError(
         f"{job.tensors.origin.get(entry.name, job.origin)}: tensor {entry.name} has values beyond the {kind} "
-        f"range (max |x| = {peak:.6g}); set fp16_overflow: keep_fp32 to keep it in fp32, or use precision: bf16"
+        f"range (max |x| = {peak:.6g}); set fp16_overflow: keep_fp32 to keep it in fp32, "
+        "or use precision: bf16"
     )
 
 
@@ -598,14 +627,18 @@ def _progress_bar(jobs: list[_WeightsJob], enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=sum(j.source_bytes for j in jobs), unit="B", unit_scale=True, desc="convert", leave=False)
+    return tqdm(
+        total=sum(j.source_bytes for j in jobs), unit="B", unit_scale=True, desc="convert", leave=False
+    )
 
 
 def _checked_relpath(rel: str) -> str:
     try:
         return mf.safe_relpath(rel)
     except mf.ManifestError:
-        raise ConvertError(f"refusing source file {rel!r}: its path would escape the artifact directory") from None
+        raise ConvertError(
+            f"refusing source file {rel!r}: its path would escape the artifact directory"
+        ) from None
 
 
 def _read_json(path: Path, label: str) -> dict[str, Any]:

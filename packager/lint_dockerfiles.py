@@ -55,7 +55,10 @@ def rendered_samples(folder: Path) -> list[Path]:
     manifest = sample_manifest()
     artifact_id = manifest.artifact_id
     out = []
-    for base, has_torch in (("pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime", "true"), ("python:3.11", "false")):
+    for base, has_torch in (
+        ("pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime", "true"),
+        ("python:3.11", "false"),
+    ):
         recipe = parse_recipe(_RECIPE.format(base=base, has_torch=has_torch), "lint-sample.yaml")
         loaded = LoadedRecipe(recipe=recipe, path=folder / "lint-sample.yaml")
         for mode in ("baked", "volume"):

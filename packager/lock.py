@@ -420,7 +420,8 @@ def _check(loaded: LoadedRecipe, lock: Lock) -> tuple[list[str], dict[str, dict[
     settings = packing_settings(loaded)
     for key in sorted(set(settings) | set(lock.settings)):
         if settings.get(key) != lock.settings.get(key):
-            what = "converter version" if key == "converter" else f"recipe changed: {key}"
+            field_name = "components.drop" if key == "drop" else key
+            what = "converter version" if key == "converter" else f"recipe changed: {field_name}"
             reasons.append(f"{what} {lock.settings.get(key)!r} → {settings.get(key)!r}")
     reasons += _url_sha_drift(loaded, lock)
     if reasons:
@@ -450,7 +451,9 @@ def _check(loaded: LoadedRecipe, lock: Lock) -> tuple[list[str], dict[str, dict[
             locked = lock.source["checkpoint"]
             st = ckpt.stat()
             stat = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            if lock.stat_cache.get(CHECKPOINT_KEY) != stat:
+            if ckpt.name != locked["name"]:
+                reasons.append(f"checkpoint changed: {locked['name']} → {ckpt.name}")
+            elif lock.stat_cache.get(CHECKPOINT_KEY) != stat:
                 if st.st_size != locked["size"] or sha256_file(ckpt) != locked["sha256"]:
                     reasons.append(f"checkpoint changed: {ckpt.name}")
                 else:

@@ -45,4 +45,7 @@ def worker_env(
     }
     if mode == "volume" and artifact_uri:
         env["ARTIFACT_URI"] = artifact_uri
+        # The worker's boto3 must reach the same S3-compatible store (R2, MinIO, ...) to pull.
+        if loaded.recipe.store.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = loaded.recipe.store.endpoint_url
     return env

@@ -128,9 +128,13 @@ def plan_modes(
     timings = timings_for(weights, bench_results)
     pull_rate = bandwidth_mbps * MB / 8
     plans: dict[Mode, ModePlan] = {}
+    base: tuple[int, str] | None = None
     for mode in MODES:
         tag = naming.image_tag(loaded.recipe.image.repository, loaded.recipe.name, artifact_id, mode)
-        image = measure_image(tag) or estimate_image(tag, manifest, mode, _base(loaded, base_bytes))
+        image = measure_image(tag)
+        if image is None:
+            base = base or _base(loaded, base_bytes)
+            image = estimate_image(tag, manifest, mode, base)
         if mode == "baked":
             read = weights / (LOCAL_DISK_MBS * MB)
             read_s, where = (read, read), f"in the image (container disk, {LOCAL_DISK_MBS:g} MB/s assumed)"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from packager.errors import ConvertError, DiskSpaceError
 
@@ -112,7 +112,9 @@ class Layout:
                 n, e = entries[i]
                 lo = max(start, e.start)
                 hi = min(end, e.start + e.nbytes)
-                pieces.append(Piece(n, (lo - e.start) // e.itemsize, (hi - e.start) // e.itemsize, lo - start))
+                pieces.append(
+                    Piece(n, (lo - e.start) // e.itemsize, (hi - e.start) // e.itemsize, lo - start)
+                )
                 if e.start + e.nbytes <= end:
                     i += 1
                 else:
@@ -121,7 +123,9 @@ class Layout:
         return out
 
 
-def layout(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> Layout:
+def layout(
+    specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
+) -> Layout:
     """Place tensors (name, dtype, shape) in a file and build the header that describes them."""
     ordered = sorted(specs, key=lambda s: (-s[1].itemsize, s[0]))
     entries = []
@@ -133,7 +137,11 @@ def layout(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: 
             numel *= dim
         nbytes = numel * dtype.itemsize
         entries.append(Entry(name, dtype, tuple(shape), offset, nbytes))
-        header[name] = {"dtype": dtype_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": dtype_code(dtype),
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -141,6 +149,14 @@ def layout(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: 
 
 
 FillFn = Callable[[Entry, int, int, "torch.Tensor"], None]
+
+
+class ReadBack(Protocol):
+    """Checks each written piece against the file as a loader sees it (see packager/verify.py)."""
+
+    def check(self, entry: Entry, lo: int, hi: int, written: torch.Tensor) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Engine:
@@ -209,7 +225,12 @@ class Engine:
 
 
 class FileWriter:
-    """One safetensors file being written: fills run on the engine, hashing on its own thread."""
+    """One safetensors file being written: fills run on the engine, hashing on its own thread.
+
+    With `readback`, each chunk is compared, right after it is written, with the file as the
+    safetensors library maps it (its own header parse and offsets), while the cast bytes are still
+    in the buffer: a bit-exact check of every tensor for the price of a memcmp.
+    """
 
     def __init__(
         self,
@@ -217,14 +238,15 @@ class FileWriter:
         path: Path,
         plan: Layout,
         fill: FillFn,
-        on_written: Callable[[FileWriter], None] | None = None,
+        readback: Callable[[Path], ReadBack] | None = None,
         on_hashed: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.path = path
         self.plan = plan
         self._fill = fill
-        self._on_written = on_written
+        self._readback_factory = readback
+        self._readback: ReadBack | None = None
         self._on_hashed = on_hashed
         self._chunks = plan.chunks(engine.chunk_bytes)
         self._ready: list[bytearray | None] = [None] * len(self._chunks)
@@ -239,14 +261,20 @@ class FileWriter:
 
     def start(self) -> None:
         """Write the header, then queue every chunk; blocks only while all buffers are in flight."""
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         os.fchmod(self._fd, FILE_MODE)  # the umask must not make it unreadable to other users
+        try:
+            os.ftruncate(self._fd, self.plan.size)
+        except OSError as exc:
+            _raise_write_error(exc, self.path)
         _pwrite_all(self._fd, memoryview(self.plan.header), 0, self.path)
         self._sha.update(self.plan.header)
+        if self._readback_factory is not None:
+            self._readback = self._readback_factory(self.path)
         self._hasher = threading.Thread(target=self._hash_loop, name=f"sha256:{self.path.name}", daemon=True)
         self._hasher.start()
         if not self._chunks:
-            self._finish_writes()
+            self.written.set()
         for index in range(len(self._chunks)):
             buf = self.engine.take_buffer()
             self.engine.submit(self._fill_chunk, index, buf)
@@ -261,18 +289,17 @@ class FileWriter:
             dst = raw[piece.offset : piece.offset + (piece.hi - piece.lo) * entry.itemsize].view(entry.dtype)
             self._fill(entry, piece.lo, piece.hi, dst)
         _pwrite_all(self._fd, memoryview(buf)[:length], len(self.plan.header) + start, self.path)
+        if self._readback is not None:
+            for piece in pieces:
+                entry = self.plan.entries[piece.entry]
+                n = (piece.hi - piece.lo) * entry.itemsize
+                self._readback.check(entry, piece.lo, piece.hi, raw[piece.offset : piece.offset + n])
         self._ready[index] = buf
         self._events[index].set()
         with self._lock:
             self._pending -= 1
-            done = self._pending == 0
-        if done:
-            self._finish_writes()
-
-    def _finish_writes(self) -> None:
-        self.written.set()
-        if self._on_written is not None:
-            self._on_written(self)
+            if self._pending == 0:
+                self.written.set()
 
     def _hash_loop(self) -> None:
         try:
@@ -294,31 +321,42 @@ class FileWriter:
     def wait_written(self) -> None:
         while not self.written.wait(0.05):
             self.engine.raise_if_failed()
+        self.engine.raise_if_failed()
 
-    def finish(self) -> tuple[int, str]:
-        """Wait for the last chunk to be hashed; return (size, sha256) of the file."""
+    def _join_hasher(self) -> None:
         assert self._hasher is not None
         while self._hasher.is_alive():
             self._hasher.join(0.05)
             self.engine.raise_if_failed()
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the last chunk to be hashed; return (size, sha256) of the file."""
+        self.wait_written()
+        self._join_hasher()
         self.engine.raise_if_failed()
         self.close()
         assert self._digest is not None
         return self.plan.size, self._digest
 
     def close(self) -> None:
+        if self._readback is not None:
+            self._readback.close()
+            self._readback = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     def abandon(self) -> None:
         """Stop caring about this file (it is being rewritten): let its hasher drain, delete it."""
-        assert self._hasher is not None
-        while self._hasher.is_alive():
-            self._hasher.join(0.05)
-            self.engine.raise_if_failed()
+        self._join_hasher()
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+def _raise_write_error(exc: OSError, path: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskSpaceError(f"{path}: disk full while writing the converted weights") from None
+    raise ConvertError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
@@ -328,13 +366,17 @@ def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
             data = data[written:]
             offset += written
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskSpaceError(f"{path}: disk full while writing the converted weights") from None
-        raise ConvertError(f"{path}: cannot write ({exc.strerror})") from None
+        _raise_write_error(exc, path)
 
 
-_FLOAT_CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_FLOAT_CODES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
 _CODE_NAMES = {code: name for name, code in _DTYPE_NAMES.items()}
 # A header bigger than this is not a weights file (safetensors itself caps it at 100 MB).
 _MAX_HEADER = 100 * 1024 * 1024

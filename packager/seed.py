@@ -111,6 +111,12 @@ def is_seeded(client: Any, target: VolumeTarget, name: str, artifact_id: str) ->
     return True
 
 
+def volume_has_artifact(loaded: LoadedRecipe, artifact_id: str) -> bool:
+    """Whether the recipe's volume already holds the artifact, complete (`.ready`); one request."""
+    target = volume_target(loaded)
+    return is_seeded(volume_client(target), target, loaded.recipe.name, artifact_id)
+
+
 def seed_volume(
     loaded: LoadedRecipe,
     artifact: Artifact,

@@ -96,7 +96,8 @@ def _add_safetensors(out: TensorSet, path: Path, label: str) -> None:
 
     try:
         handle = out._stack.enter_context(safe_open(str(path), framework="pt"))
-        for name in handle.keys():
+        names = handle.keys()
+        for name in names:
             # get_tensor maps the file: no bytes are read until the tensor is used.
             out.add(name, handle.get_tensor(name), label)
     except (SafetensorError, OSError) as exc:
@@ -116,15 +117,28 @@ def load_pickle(path: Path, label: str) -> Any:
         # mmap needs the zip format (torch >= 1.6 default); legacy pickles are read whole.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        found = _REFUSED_GLOBAL_RE.search(str(exc))
-        why = f"it needs {found.group(1)}" if found else str(exc).splitlines()[0]
         raise ConvertError(
-            f"{label}: refused to unpickle: {why}, which weights-only loading does not allow "
-            "(only tensors and plain containers are accepted; re-save it as safetensors with a tool you trust)"
+            f"{label}: refused to unpickle: {_refusal(str(exc))}; only tensors and plain containers may be "
+            "loaded (weights-only), so re-save it as safetensors with a tool you trust"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConvertError(f"{label}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _refusal(message: str) -> str:
+    """The reason in torch's long weights-only error, in a few words."""
+    found = _REFUSED_GLOBAL_RE.search(message)
+    if found:
+        return f"it needs {found.group(1)}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            detail = line.removeprefix("WeightsUnpickler error:").strip() or (
+                lines[i + 1] if i + 1 < len(lines) else ""
+            )
+            return f"it is not a plain tensor pickle ({detail})"
+    return "it is not a plain tensor pickle"
 
 
 def _flatten_state_dict(obj: Any, label: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -57,7 +57,8 @@ def test_snapshot_download_gives_back_every_layout_byte_for_byte(hub, hub_layout
     want = {p.relative_to(folder).as_posix(): sha256(p) for p in folder.rglob("*") if p.is_file()}
     assert got == want
     assert root.name == hub.head(repo, branch)
-    # huggingface_hub stores blobs by content: a file identical to another (tokenizer_2, vae_1_0) is fetched once.
+    # huggingface_hub stores blobs by content: a file identical to another (tokenizer_2, vae_1_0)
+    # is fetched once.
     unique = {want[rel]: size for rel, size in layout.files(branch).items()}
     assert hub.bytes_sent(repo) == sum(unique.values())
 
@@ -170,16 +171,15 @@ def test_commits_move_branches_and_keep_history(hub):
 
 
 def test_original_checkpoint_is_deterministic(hub_layouts, tmp_path):
+    """Rebuilt here from the fp32 folder, it matches the session's (or a cached earlier session's) build."""
     config = hub_layouts[L.SD_FP16_BRANCH].folder
-    a = L.write_original_checkpoint(config, tmp_path / "a.safetensors")
-    b = L.write_original_checkpoint(config, tmp_path / "b.safetensors")
-    assert a.read_bytes() == b.read_bytes()
-    assert sha256(a) == sha256(hub_layouts[L.SD_ORIGINAL].folder / L.SINGLE_FILE_SAFETENSORS)
+    again = L.write_original_checkpoint(config, tmp_path / "again.safetensors")
+    assert sha256(again) == sha256(hub_layouts[L.SD_ORIGINAL].folder / L.SINGLE_FILE_SAFETENSORS)
 
 
 @pytest.mark.parametrize("name", [L.SINGLE_FILE_SAFETENSORS, L.SINGLE_FILE_CKPT])
 def test_single_file_checkpoints_round_trip_through_diffusers(hub_layouts, name):
-    """The converter loads layout (4) with from_single_file + the local config: it must give back the weights."""
+    """The converter loads layout (4) with from_single_file + a local config: it gives back the weights."""
     import torch
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
@@ -211,12 +211,18 @@ def test_fixture_layouts_load_with_diffusers(hub_layouts):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert plain.safety_checker is not None
 
-    sdxl = DiffusionPipeline.from_pretrained(hub_layouts[L.SDXL].folder, variant="fp16", torch_dtype=torch.float16)
+    sdxl = DiffusionPipeline.from_pretrained(
+        hub_layouts[L.SDXL].folder, variant="fp16", dtype=torch.float16
+    )
     assert type(sdxl).__name__ == "StableDiffusionXLPipeline"
     assert sdxl.text_encoder_2.dtype == torch.float16
 
-    fp16 = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_FP16_BRANCH].refs["fp16"])
-    assert next(fp16.unet.parameters()).dtype == torch.float16
+    fp16 = DiffusionPipeline.from_pretrained(
+        hub_layouts[L.SD_FP16_BRANCH].refs["fp16"], dtype=torch.float16
+    )
+    fp32 = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_FP16_BRANCH].folder)
+    a, b = fp16.unet.state_dict(), fp32.unet.state_dict()
+    assert all(a[k].dtype == torch.float16 and torch.equal(a[k], b[k].half()) for k in a)
     index = json.loads((hub_layouts[L.SD_FP16_BRANCH].folder / "model_index.json").read_text())
     assert index["safety_checker"] == [None, None]
 

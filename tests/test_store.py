@@ -162,7 +162,8 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
     try:
         deadline = time.monotonic() + 60
         while not one_done_one_part_way(s3, artifact):
-            assert proc.poll() is None, [(r.op, r.path[-30:]) for r in s3.traffic.select(s3.bucket)]
+            seen = [(r.op, r.path.rsplit("/", 1)[-1]) for r in s3.traffic.select(s3.bucket)]
+            assert proc.poll() is None, f"the uploader finished before it could be killed: {seen}"
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

@@ -52,6 +52,7 @@ try:
     mark = time.perf_counter()
     imports.go_offline()
     torch = imports.import_torch()
+    imports.start_cuda_init(torch, SETTINGS.device)
     pipeline_class = imports.import_pipeline_class(ARTIFACT.manifest.pipeline)
     runpod = imports.import_runpod()
     IMPORT_S = time.perf_counter() - mark

@@ -64,10 +64,13 @@ def load_pipeline(
             kwargs["feature_extractor"] = None
         if "requires_safety_checker" in params:
             kwargs["requires_safety_checker"] = False
-    if device != "cpu":
+    if device == "cuda":
         # Each tensor goes from the mapped file to the GPU once, never through a CPU copy.
+        # (diffusers takes a bare device name here; "cuda:N" is moved after loading.)
         kwargs["device_map"] = device
     pipe = pipeline_class.from_pretrained(str(model_dir), **kwargs)
+    if device not in ("cpu", "cuda"):
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return Loaded(pipe, device, precision, default_size(pipe))
 

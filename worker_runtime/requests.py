@@ -21,7 +21,7 @@ can never leave the pipeline half-configured. Each refusal is one line naming th
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from worker_runtime.config import Defaults, Limits
@@ -86,7 +86,6 @@ class Generation:
     scheduler: str | None  # a diffusers class name, or None for the artifact's own
     output: Literal["base64", "s3"]
     safety_checker: bool  # run the artifact's safety checker (False when it has none)
-    shape: Literal["runpod", "diffusers-api"]
     request_id: str | None = None
 
 
@@ -113,7 +112,7 @@ def parse(raw: Any, serving: Serving) -> Generation:
     if "modelInputs" in raw or "callInputs" in raw:
         return _parse_diffusers_api(raw, serving)
     _only(raw, RUNPOD_FIELDS, "")
-    return _build(raw, serving, prefix="", num_images_key="num_images", shape="runpod")
+    return _build(raw, serving, prefix="", num_images_key="num_images")
 
 
 def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation:
@@ -163,12 +162,11 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
         serving,
         prefix="modelInputs.",
         num_images_key="num_images_per_prompt",
-        shape="diffusers-api",
         scheduler_field="callInputs.SCHEDULER",
         output_field="callInputs.output",
     )
     keep_checker = serving.has_safety_checker if safety is None else safety
-    return Generation(**{**gen.__dict__, "safety_checker": keep_checker, "request_id": request_id})
+    return replace(gen, safety_checker=keep_checker, request_id=request_id)
 
 
 def _build(
@@ -177,7 +175,6 @@ def _build(
     *,
     prefix: str,
     num_images_key: str,
-    shape: Literal["runpod", "diffusers-api"],
     scheduler_field: str = "scheduler",
     output_field: str = "output",
 ) -> Generation:
@@ -224,7 +221,6 @@ def _build(
         scheduler=scheduler,
         output=output,
         safety_checker=serving.has_safety_checker,
-        shape=shape,
     )
 
 

@@ -77,7 +77,9 @@ def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path
         precision="fp32",
         pipeline=index["_class_name"],
         files=tuple(files),
-        scheduler={"class": json.loads((source / "scheduler/scheduler_config.json").read_text())["_class_name"]},
+        scheduler={
+            "class": json.loads((source / "scheduler/scheduler_config.json").read_text())["_class_name"]
+        },
         dropped=tuple(dropped),
         packing={"converter": "rig-copy"},
     )

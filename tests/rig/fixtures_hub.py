@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +58,9 @@ def hub_layouts() -> dict[str, RepoLayout]:
 
 
 @pytest.fixture(scope="session")
-def local_hub(hub_layouts: dict[str, RepoLayout], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+def local_hub(
+    hub_layouts: dict[str, RepoLayout], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalHub]:
     with LocalHub(tmp_path_factory.mktemp("localhub-blobs")) as server:
         publish(server, hub_layouts)
         yield server
@@ -88,7 +92,9 @@ def hub(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         if key.startswith("HF_"):
             monkeypatch.setenv(key, value)
     monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", local_hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", local_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
@@ -103,3 +109,26 @@ def hub(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def hub_env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     """Environment for `packager` subprocesses: the same hub and HF cache as the `hub` fixture."""
     return hub_environment(hub.url, tmp_path / "hf-home")
+
+
+def run_packager(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`packager ARGS` in a subprocess, as a user runs it (stdin closed, output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "packager", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+def write_recipe(folder: Path, body: str, name: str = "model") -> Path:
+    """A recipe file `<folder>/<name>.yaml` (its lock will be `<name>.lock` beside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(body)
+    return path

@@ -90,17 +90,14 @@ class RepoLayout:
 
 def layouts_key() -> str:
     """A hash of what decides the layouts' bytes: this rig's sources and the library versions."""
-    import diffusers
-    import safetensors
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     rig = Path(__file__).parent
     h = hashlib.sha256(LAYOUTS_VERSION.encode())
     for name in ("layouts.py", "models.py", "tokenizer.py"):
         h.update((rig / name).read_bytes())
-    for mod in (torch, diffusers, transformers, safetensors):
-        h.update(f"{mod.__name__}={mod.__version__};".encode())
+    for dist in ("torch", "diffusers", "transformers", "safetensors"):
+        h.update(f"{dist}={version(dist)};".encode())
     return h.hexdigest()[:16]
 
 
@@ -130,7 +127,9 @@ def _describe(root: Path) -> dict[str, RepoLayout]:
 
     layouts = [
         RepoLayout(SD_BIN, {"main": d(SD_BIN) / "main"}, about="diffusers folders with fp32 .bin weights"),
-        RepoLayout(SD_BIN_SHARDED, {"main": d(SD_BIN_SHARDED) / "main"}, about="text encoder as legacy sharded .bin"),
+        RepoLayout(
+            SD_BIN_SHARDED, {"main": d(SD_BIN_SHARDED) / "main"}, about="text encoder as legacy sharded .bin"
+        ),
         RepoLayout(SDXL, {"main": d(SDXL) / "main"}, about="SDXL with fp16 variant files"),
         RepoLayout(
             SD_FP16_BRANCH,
@@ -415,7 +414,7 @@ def save_sdxl_pipeline(folder: Path, seed: int = 10) -> Path:
         scheduler=scheduler,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
     write_clip_tokenizer(folder / "tokenizer")
     write_clip_tokenizer(folder / "tokenizer_2")
     for st in folder.rglob("*.safetensors"):

@@ -177,7 +177,7 @@ class LocalHub:
     def url(self) -> str:
         assert self._server is not None, "hub not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # ---- repos and commits ----------------------------------------------------------------------------
 
@@ -635,7 +635,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if err.code:
             self.send_header("X-Error-Code", err.code)
-        self.send_header("X-Error-Message", err.message)
+        # Header values must be latin-1: a revision name from a test may not be.
+        self.send_header("X-Error-Message", err.message.encode("ascii", "backslashreplace").decode())
         for k, v in err.headers.items():
             self.send_header(k, v)
         self.end_headers()

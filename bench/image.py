@@ -1,0 +1,355 @@
+"""Benchmark: the baked image's layout (one layer per large weight file, code last) against a
+single-layer layout (every weight file and the code in one COPY, as the seed's templates did).
+
+For each layout and run, in a fresh process, on the offline Docker rig (tests/rig/docker_env.py):
+
+  full build     `--no-cache` build: pip layer, weights, code (a machine with no cache pays this)
+  first build    v1 on a cache that has the base and pip layers: the weights and the code
+  code rebuild   v2 = v1 with one line of worker code changed, built on v1's cache
+  push           v1 to an empty repository of the loopback registry (base and pip layers are in
+                 the registry already, as they would be after the first release)
+  code re-push   v2 after v1: what a code-only release uploads
+  pull           v1 onto a host without it (only the base and pip layers present), then v2 onto
+                 the host that has v1: what a code-only release costs a warm RunPod host
+
+The artifact is synthetic (random bytes in SD 1.x proportions, `--size-mb` in all) so that gzip in
+the push cannot shrink it. Medians over `--runs`; ratios against the single layout in the same run.
+Targets: code rebuild <= 10% of a full build, and a code-only re-push uploads only the code layers.
+
+  python bench/image.py [--quick] [--size-mb N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/image.py` as well as `python -m bench.image`
+    sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "bench" / "results" / "image.json"
+LAYOUTS = ("layered", "single")
+TARGET_REBUILD_RATIO = 0.10
+CODE_STEPS = ("code", "compile")
+
+
+def _recipe(folder: Path, rig: dict[str, str], repository: str) -> Any:
+    from packager.recipe import load_recipe
+
+    path = folder / "bench.yaml"
+    path.write_text(
+        "name: bench\nsource: {path: .}\n"
+        f"image: {{base: '{rig['base_image']}', base_has_torch: false, repository: '{repository}'}}\n"
+    )
+    return load_recipe(path)
+
+
+def _single_layer(rendered: Any) -> Any:
+    """The same context with every weight file, the manifest and the code under one COPY."""
+
+    ctx = rendered.context_dir
+    bundle = ctx / "all"
+    model_dir = Path("models/artifact")
+    for sub in ("weights/large", "weights/small"):
+        for src in sorted((ctx / sub).rglob("*")) if (ctx / sub).exists() else []:
+            if src.is_file():
+                dest = bundle / model_dir / src.relative_to(ctx / sub)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dest)
+    shutil.copy2(ctx / "manifest.json", bundle / model_dir / "manifest.json")
+    shutil.copytree(ctx / "code", bundle / "opt/worker", copy_function=os.link)
+    for sub in ("weights", "code"):
+        shutil.rmtree(ctx / sub)
+    (ctx / "manifest.json").unlink()
+    lines = []
+    for line in rendered.dockerfile.read_text().splitlines():
+        if line.startswith('COPY ["weights/') or line.startswith('COPY ["manifest.json"'):
+            continue
+        if line.startswith('COPY ["code/"'):
+            line = 'COPY ["all/", "/"]'
+        if line.strip().startswith("packager.layers="):
+            line = '      packager.layers=\'["requirements","pip install","everything","compile"]\''
+        lines.append(line)
+    rendered.dockerfile.write_text("\n".join(lines) + "\n")
+    for dirpath, _dirs, _files in os.walk(ctx):
+        os.chmod(dirpath, 0o755)
+    return replace(rendered, layer_steps=("requirements", "pip install", "everything", "compile"))
+
+
+def _code_copy(folder: Path, marker: str) -> None:
+    """Point render at a copy of the shipped packages with one line of worker code changed."""
+    from packager import render
+
+    copies = {}
+    for package in render.CODE_PACKAGES:
+        copies[package] = folder / package
+        shutil.copytree(
+            render.package_dir(package), copies[package], ignore=shutil.ignore_patterns("__pycache__")
+        )
+    handler = copies["worker_runtime"] / "handler.py"
+    handler.write_text(handler.read_text() + f"\n# {marker}\n")
+    render.package_dir = lambda name: copies[name]  # type: ignore[assignment]
+
+
+def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> dict[str, Any]:
+    """One layout, one run, in this process; returns timings and sizes."""
+    import docker
+
+    from packager import build as image_build
+    from packager import render
+    from packager.artifact import Artifact
+    from worker_runtime import manifest as mf
+
+    client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
+    manifest = mf.load(artifact_dir)
+    art = Artifact(manifest.name, mf.artifact_id_of(artifact_dir), artifact_dir, manifest)
+    repository = f"{rig['registry']}/bench-{layout}-{run}-{os.getpid()}"
+    out: dict[str, Any] = {"layout": layout, "run": run}
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        work = Path(tmp)
+        loaded = _recipe(work, rig, repository)
+        # v0: a build from nothing but the base image, then dropped with its whole layer chain.
+        rendered = render.render(
+            loaded, art, manifest, art.id, "baked", work / "ctx-v0", pip_find_links=rig["find_links"]
+        )
+        if layout == "single":
+            rendered = _single_layer(rendered)
+        started = time.perf_counter()
+        built = image_build.build_context(loaded, rendered, no_cache=True, quiet=True, client=client)
+        out["full_build_s"] = time.perf_counter() - started
+        client.images.remove(built.image_id, force=True)
+        client.images.prune(filters={"dangling": True})
+        tags = {}
+        for version in ("v1", "v2"):
+            if version == "v2":
+                _code_copy(work / "code-v2", f"code-only change, run {run}")
+            rendered = render.render(
+                loaded,
+                art,
+                manifest,
+                art.id,
+                "baked",
+                work / f"ctx-{version}",
+                pip_find_links=rig["find_links"],
+            )
+            if layout == "single":
+                rendered = _single_layer(rendered)
+            started = time.perf_counter()
+            built = image_build.build_context(loaded, rendered, quiet=True, client=client)
+            out["first_build_s" if version == "v1" else "code_rebuild_s"] = time.perf_counter() - started
+            tags[version] = f"{repository}:{version}"
+            client.images.get(built.image_id).tag(repository, version)
+            started = time.perf_counter()
+            pushed = image_build.push(replace(built, tags=(tags[version],)), quiet=True, client=client)
+            key = "push" if version == "v1" else "code_repush"
+            out[f"{key}_s"] = time.perf_counter() - started
+            out[f"{key}_layers"] = pushed.uploaded_layers
+            if version == "v2":
+                out["image_bytes"] = built.size
+                out["layers"] = [{"step": x.step, "bytes": x.size} for x in built.layers]
+                out["code_layers_bytes"] = sum(x.size for x in built.layers if x.step in CODE_STEPS)
+        # Drop both versions (and the build cache that holds their weight layers), then pull.
+        for version in ("v2", "v1"):
+            client.images.remove(tags[version], force=True)
+        for built_tag in {t for img in client.images.list() for t in img.tags if t.startswith(repository)}:
+            client.images.remove(built_tag, force=True)
+        client.images.prune(filters={"dangling": True})
+        for version, key in (("v1", "pull_s"), ("v2", "code_pull_s")):
+            started = time.perf_counter()
+            client.images.pull(repository, tag=version)
+            out[key] = time.perf_counter() - started
+        for version in ("v2", "v1"):
+            client.images.remove(tags[version], force=True)
+        client.images.prune(filters={"dangling": True})
+    return out
+
+
+def _warm_registry(rig: dict[str, str], artifact_dir: Path) -> None:
+    """Build the deps layers once and put them in the registry, so every run's push starts equal."""
+    import docker
+
+    from packager import build as image_build
+    from packager import render
+    from worker_runtime import manifest as mf
+
+    client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        repository = f"{rig['registry']}/bench-deps"
+        loaded = _recipe(Path(tmp), rig, repository)
+        manifest = mf.load(artifact_dir)
+        artifact_id = mf.artifact_id_of(artifact_dir)
+        rendered = render.render(
+            loaded, None, manifest, artifact_id, "volume", Path(tmp) / "ctx", pip_find_links=rig["find_links"]
+        )
+        built = image_build.build_context(loaded, rendered, quiet=True, client=client)
+        image_build.push(replace(built, tags=(built.tag,)), quiet=True, client=client)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    keys = (
+        "full_build_s",
+        "first_build_s",
+        "code_rebuild_s",
+        "push_s",
+        "code_repush_s",
+        "pull_s",
+        "code_pull_s",
+    )
+    for layout in LAYOUTS:
+        mine = [r for r in runs if r["layout"] == layout]
+        row: dict[str, Any] = {k: round(_median([r[k] for r in mine]), 2) for k in keys}
+        row["code_repush_layers"] = max(r["code_repush_layers"] for r in mine)
+        row["push_layers"] = max(r["push_layers"] for r in mine)
+        row["image_bytes"] = mine[-1]["image_bytes"]
+        row["code_layers_bytes"] = mine[-1]["code_layers_bytes"]
+        row["layers"] = mine[-1]["layers"]
+        row["rebuild_vs_full"] = round(row["code_rebuild_s"] / row["full_build_s"], 3)
+        table[layout] = row
+    ours, single = table["layered"], table["single"]
+    table["ratios_layered_vs_single"] = {
+        k: round(ours[k] / single[k], 3) if single[k] else None
+        for k in (
+            "code_rebuild_s",
+            "code_repush_s",
+            "code_pull_s",
+            "push_s",
+            "pull_s",
+            "first_build_s",
+            "full_build_s",
+        )
+    }
+    return table
+
+
+def _print(table: dict[str, Any], meta: dict[str, Any]) -> None:
+    from packager.output import grid, human_bytes
+
+    rows = []
+    labels = {
+        "full_build_s": "full build (no cache), s",
+        "first_build_s": "first build (deps cached), s",
+        "code_rebuild_s": "code-only rebuild, s",
+        "push_s": "push v1, s",
+        "code_repush_s": "code-only re-push, s",
+        "code_repush_layers": "  layers uploaded",
+        "pull_s": "pull v1 (deps present), s",
+        "code_pull_s": "code-only pull (v1 present), s",
+        "rebuild_vs_full": "rebuild / full build",
+    }
+    ratios = table["ratios_layered_vs_single"]
+    for key, label in labels.items():
+        ratio = ratios.get(key)
+        rows.append(
+            (label, table["layered"][key], table["single"][key], "-" if ratio is None else f"{ratio:.3f}")
+        )
+    rows.append(
+        (
+            "image size",
+            human_bytes(table["layered"]["image_bytes"]),
+            human_bytes(table["single"]["image_bytes"]),
+            "",
+        )
+    )
+    rows.append(("code layers", human_bytes(table["layered"]["code_layers_bytes"]), "-", ""))
+    print(f"bench/image: {meta['size_mb']} MB synthetic artifact, {meta['runs']} run(s), medians")
+    print(grid(("", "layered", "single", "layered/single"), rows))
+    print()
+    print(
+        grid(
+            ("layer (layered)", "size"),
+            [(x["step"], human_bytes(x["bytes"])) for x in table["layered"]["layers"]],
+        )
+    )
+    for name, ok in meta["targets"].items():
+        print(f"target {name}: {'met' if ok else 'MISSED'}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=2000, help="synthetic artifact size (default 2000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per layout (default 3)")
+    parser.add_argument("--quick", action="store_true", help="300 MB, one run: a smoke test of the benchmark")
+    parser.add_argument(
+        "--child", nargs=4, metavar=("LAYOUT", "RUN", "RIG_JSON", "ARTIFACT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.child:
+        layout, run, rig_json, artifact = args.child
+        print(json.dumps(_child(layout, int(run), json.loads(rig_json), Path(artifact))))
+        return 0
+    if args.quick:
+        args.size_mb, args.runs = 300, 1
+
+    from tests.rig import docker_env
+    from tests.rig.s3 import synthetic_artifact
+
+    rig = docker_env.start()
+    try:
+        rig_info = {
+            "docker_host": rig.docker_host,
+            "registry": rig.registry,
+            "find_links": rig.find_links,
+            "base_image": rig.base_image,
+        }
+        cache = REPO / "build" / "bench-image"
+        artifact = cache / f"artifact-{args.size_mb}mb"
+        if not artifact.exists():
+            shutil.rmtree(cache, ignore_errors=True)
+            staging = cache / "staging"
+            synthetic_artifact(staging, args.size_mb * 1_000_000, name="bench")
+            staging.rename(artifact)
+        _warm_registry(rig_info, artifact)
+        runs = []
+        for run in range(args.runs):
+            for layout in LAYOUTS if run % 2 == 0 else tuple(reversed(LAYOUTS)):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", layout, str(run)]
+                done = subprocess.run(
+                    [*cmd, json.dumps(rig_info), str(artifact)], capture_output=True, text=True, cwd=REPO
+                )
+                if done.returncode != 0:
+                    print(done.stderr[-4000:], file=sys.stderr)
+                    return 1
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(
+                    f"run {run} {layout}: "
+                    + ", ".join(f"{k}={v:.1f}" for k, v in runs[-1].items() if k.endswith("_s"))
+                )
+    finally:
+        rig.stop()
+    table = _summarise(runs)
+    targets = {
+        "code rebuild <= 10% of a full build": table["layered"]["rebuild_vs_full"] <= TARGET_REBUILD_RATIO,
+        "code-only re-push uploads only the code layers": table["layered"]["code_repush_layers"]
+        == len(CODE_STEPS),
+    }
+    meta = {"size_mb": args.size_mb, "runs": args.runs, "quick": args.quick, "targets": targets}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(
+        json.dumps({"meta": meta, "results": table, "runs": runs}, indent=2, sort_keys=True) + "\n"
+    )
+    tmp.replace(RESULTS)
+    _print(table, meta)
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

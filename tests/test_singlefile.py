@@ -1,0 +1,154 @@
+"""Single-file checkpoints (original SD layout) → a diffusers artifact, offline, via packager.convert."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from packager.convert import ConvertSettings, convert
+from packager.errors import ConvertError
+from tests.rig.layouts import without_safety_checker, write_original_checkpoint
+from tests.rig.models import save_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny pipeline, its config folder (no weights) and the same as single-file checkpoints."""
+    root = tmp_path_factory.mktemp("singlefile")
+    full = save_sd_pipeline(root / "full", seed=0, with_safety_checker=True)
+    plain = without_safety_checker(full, root / "plain")
+    config = root / "config"
+    shutil.copytree(plain, config)
+    for weights in config.rglob("*.safetensors"):
+        weights.unlink()
+    return {
+        "full": full,
+        "plain": plain,
+        "config": config,
+        "safetensors": write_original_checkpoint(plain, root / "tiny-sd.safetensors"),
+        "ckpt": write_original_checkpoint(plain, root / "tiny-sd.ckpt"),
+    }
+
+
+def files_of(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def run(config: Path, checkpoint: Path, out: Path, **settings: Any) -> Any:
+    return convert(
+        config,
+        files_of(config),
+        out,
+        name="tiny",
+        settings=ConvertSettings(**settings),
+        source_info={"kind": "file", "sha256": "0" * 64},
+        checkpoint=checkpoint,
+    )
+
+
+def state(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])
+def test_a_single_file_checkpoint_becomes_the_diffusers_pipeline_it_came_from(tiny, tmp_path, fmt):
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "art"
+    manifest = run(tiny["config"], tiny[fmt], out, precision="fp32")
+
+    for comp, name in (
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "model.safetensors"),
+    ):
+        got, want = state(out / comp / name), state(tiny["plain"] / comp / name)
+        assert sorted(got) == sorted(want), comp
+        assert all(torch.equal(got[k], t) for k, t in want.items()), comp
+        assert manifest.file(f"{comp}/{name}").tensors == len(want)
+    assert (out / "tokenizer" / "vocab.json").read_bytes() == (
+        tiny["config"] / "tokenizer" / "vocab.json"
+    ).read_bytes()
+    assert manifest.source == {"kind": "file", "sha256": "0" * 64}
+
+    def render(folder: Path) -> Any:
+        pipe = DiffusionPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(3)
+        return pipe(
+            "a tiny cat", num_inference_steps=2, height=64, width=64, generator=g, output_type="np"
+        ).images
+
+    assert np.array_equal(render(out), render(tiny["plain"]))
+
+
+def test_fp16_from_a_checkpoint_is_the_cast_of_its_tensors(tiny, tmp_path):
+    out = tmp_path / "art"
+    manifest = run(tiny["config"], tiny["ckpt"], out)
+    got = state(out / "vae" / "diffusion_pytorch_model.safetensors")
+    want = state(tiny["plain"] / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(got[k].dtype == t.half().dtype and (got[k] == t.half()).all() for k, t in want.items())
+    assert manifest.file("vae/diffusion_pytorch_model.safetensors").dtype == "float16"
+
+
+def test_a_malicious_ckpt_is_refused_and_never_runs(tiny, tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "callbacks": Payload()}, ckpt)
+    with pytest.raises(ConvertError, match=r"evil\.ckpt: refused to unpickle: it needs io\.open"):
+        run(tiny["config"], ckpt, tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_folder_that_does_not_match_the_checkpoint_is_named(tiny, tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(tiny["config"], config)
+    unet_config = json.loads((config / "unet" / "config.json").read_text())
+    unet_config["block_out_channels"] = [16, 64]
+    (config / "unet" / "config.json").write_text(json.dumps(unet_config))
+    with pytest.raises(
+        ConvertError, match=r"unet: \S+ is \[32, .*does the config folder match the checkpoint"
+    ):
+        run(config, tiny["safetensors"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_components_the_checkpoint_lacks_must_have_weights_or_be_dropped(tiny, tmp_path):
+    """SD checkpoints carry no safety checker: a config that has one needs its weights or a drop."""
+    config = tmp_path / "config"
+    shutil.copytree(tiny["full"], config)
+    for weights in config.rglob("*.safetensors"):
+        if weights.parent.name != "safety_checker":
+            weights.unlink()
+    bare = tmp_path / "bare"
+    shutil.copytree(config, bare)
+    (bare / "safety_checker" / "model.safetensors").unlink()
+
+    with pytest.raises(
+        ConvertError, match=r"safety_checker: no weights in the checkpoint or the config folder"
+    ):
+        run(bare, tiny["safetensors"], tmp_path / "out")
+    dropped = run(
+        bare, tiny["safetensors"], tmp_path / "dropped", drop=("feature_extractor", "safety_checker")
+    )
+    assert dropped.dropped == ("feature_extractor", "safety_checker")
+    with_checker = run(config, tiny["safetensors"], tmp_path / "with")  # taken from the config folder
+    assert with_checker.file("safety_checker/model.safetensors").tensors == len(
+        state(tiny["full"] / "safety_checker" / "model.safetensors")
+    )
