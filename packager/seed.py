@@ -87,9 +87,9 @@ def _region(datacenter: str | None, endpoint: str) -> str | None:
 
 def volume_client(target: VolumeTarget) -> Any:
     """A client for the volume API with the RunPod S3 API key (see the module docstring)."""
-    import boto3
+    from volume_sync.s3 import available_profiles
 
-    profile = RUNPOD_PROFILE if RUNPOD_PROFILE in boto3.session.Session().available_profiles else None
+    profile = RUNPOD_PROFILE if RUNPOD_PROFILE in available_profiles() else None
     return s3.connect(
         endpoint_url=target.endpoint_url, profile=profile, region=target.region, error=VolumeError
     )
@@ -109,6 +109,16 @@ def is_seeded(client: Any, target: VolumeTarget, name: str, artifact_id: str) ->
     except BotoCoreError as exc:
         raise _fail(exc, client, target, f"checking {key}") from None
     return True
+
+
+def check_volume(client: Any, target: VolumeTarget) -> None:
+    """One listing limited to our own prefix (never the whole volume): names a wrong volume or key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.list_objects_v2(Bucket=target.volume_id, Prefix=f"{mf.VOLUME_MODELS_DIR}/", MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(exc, client, target, f"checking volume {target.volume_id}") from None
 
 
 def volume_has_artifact(loaded: LoadedRecipe, artifact_id: str) -> bool:

@@ -74,6 +74,10 @@ class Store(Protocol):
 
     def has_artifact(self, name: str, artifact_id: str) -> bool: ...
 
+    def check(self) -> None:
+        """Fail now, in one line, if the store cannot take an upload (before a long conversion)."""
+        ...
+
     def upload(self, artifact: Artifact, *, progress: bool) -> TransferResult: ...
 
     def download(self, name: str, artifact_id: str, dest: Path, *, progress: bool) -> TransferResult: ...
@@ -150,6 +154,14 @@ class LocalStore:
 
     def has_artifact(self, name: str, artifact_id: str) -> bool:
         return (self._dir(name, artifact_id) / mf.MANIFEST_NAME).is_file()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.root}: cannot create the store directory ({exc.strerror})") from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"{self.root}: the store directory is not writable")
 
     def upload(self, artifact: Artifact, *, progress: bool) -> TransferResult:
         final = self._dir(artifact.name, artifact.id)
@@ -262,6 +274,17 @@ class S3Store:
         except BotoCoreError as exc:
             raise self._fail(exc, f"checking s3://{self.bucket}/{key}") from None
         return head.get("Metadata", {}).get("sha256", artifact_id) == artifact_id
+
+    def check(self) -> None:
+        """One small listing: names a missing bucket, refused keys or a wrong endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "", MaxKeys=1
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, f"checking {self.uri}") from None
 
     def upload(self, artifact: Artifact, *, progress: bool) -> TransferResult:
         uri = self.artifact_uri(artifact.name, artifact.id)

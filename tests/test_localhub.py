@@ -211,15 +211,11 @@ def test_fixture_layouts_load_with_diffusers(hub_layouts):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert plain.safety_checker is not None
 
-    sdxl = DiffusionPipeline.from_pretrained(
-        hub_layouts[L.SDXL].folder, variant="fp16", dtype=torch.float16
-    )
+    sdxl = DiffusionPipeline.from_pretrained(hub_layouts[L.SDXL].folder, variant="fp16", dtype=torch.float16)
     assert type(sdxl).__name__ == "StableDiffusionXLPipeline"
     assert sdxl.text_encoder_2.dtype == torch.float16
 
-    fp16 = DiffusionPipeline.from_pretrained(
-        hub_layouts[L.SD_FP16_BRANCH].refs["fp16"], dtype=torch.float16
-    )
+    fp16 = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_FP16_BRANCH].refs["fp16"], dtype=torch.float16)
     fp32 = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_FP16_BRANCH].folder)
     a, b = fp16.unet.state_dict(), fp32.unet.state_dict()
     assert all(a[k].dtype == torch.float16 and torch.equal(a[k], b[k].half()) for k in a)

@@ -428,3 +428,65 @@ def test_cli_store_errors_are_one_line_exit_2(s3: S3Env, tmp_path: Path, case: s
     assert len(lines) == 1 and lines[0].startswith("packager: error: ") and expected in lines[0], done.stderr
     assert not (tmp_path / "pulled").exists()
     assert env["AWS_SECRET_ACCESS_KEY"] not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny fixture model and a build dir shared by the module, so it is converted once."""
+    from tests.rig.artifacts import tiny_source
+
+    root = tmp_path_factory.mktemp("tiny")
+    return tiny_source(root / "source"), root / "build"
+
+
+def test_cli_upload_rerun_and_pull_by_recipe(
+    s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tests.rig.artifacts import tiny_recipe
+
+    source, build = tiny_build
+    recipe = tiny_recipe(tmp_path, source, extra=f"store:\n  uri: s3://{s3.bucket}/models\n")
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(build))
+
+    first = packager("upload", str(recipe), "--json", env=env)
+
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    artifact_id = data["artifact_id"]
+    assert data["uri"] == f"s3://{s3.bucket}/models/tiny/{artifact_id}" and data["files_sent"] > 0
+    # The re-run must not need the local artifact at all: hide it.
+    local = build / "artifacts"
+    hidden = build / "artifacts-hidden"
+    local.rename(hidden)
+    s3.traffic.reset()
+    try:
+        again = packager("upload", str(recipe), env=env)
+    finally:
+        hidden.rename(local)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stdout and "converting" not in again.stderr
+    assert [r.op for r in s3.traffic.select(s3.bucket)] == ["HeadObject"]
+
+    pulled = packager("pull", str(recipe), str(tmp_path / "pulled"), env=env)
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert "fetched" in pulled.stdout
+    assert mf.artifact_id_of(tmp_path / "pulled") == artifact_id
+    mf.check(tmp_path / "pulled", full_hash=True)
+
+
+def test_cli_upload_to_a_missing_bucket_fails_before_converting(
+    s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tests.rig.artifacts import tiny_recipe
+
+    source, _ = tiny_build
+    recipe = tiny_recipe(tmp_path, source, extra="store:\n  uri: s3://no-such-bucket-here/models\n")
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
+
+    done = packager("upload", str(recipe), env=env)
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("packager: error: bucket 'no-such-bucket-here' does not exist"), done.stderr
+    assert "converting" not in done.stderr and not (tmp_path / "build" / "artifacts").exists()

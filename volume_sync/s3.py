@@ -52,16 +52,18 @@ def make_client(
     region: str | None = None,
     max_pool_connections: int = MAX_POOL_CONNECTIONS,
 ) -> Any:
-    """An S3 client; boto3 supplies credentials and, when `endpoint_url` is None, AWS_ENDPOINT_URL.
+    """An S3 client; boto3's chain supplies credentials and, when `endpoint_url` is None, the endpoint.
 
+    Made with botocore's session (what boto3 wraps) because a "does the store have it?" check is
+    one request, and skipping boto3's own imports is a good part of its cost.
     Checksums are computed only where S3 requires them: every file is already verified end to end
     by its sha256, and the newer default (CRC trailers on every upload) is not understood by all
     S3-compatible services.
     """
-    import boto3
+    import botocore.session
     from botocore.config import Config
 
-    session = boto3.session.Session(profile_name=profile)
+    session = botocore.session.Session(profile=profile)
     config = Config(
         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         max_pool_connections=max_pool_connections,
@@ -70,7 +72,14 @@ def make_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    return session.create_client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def available_profiles() -> list[str]:
+    """Profiles in the user's AWS config and credentials files."""
+    import botocore.session
+
+    return list(botocore.session.Session().available_profiles)
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -39,6 +39,7 @@ def upload(recipe_file: str, frozen: bool, as_json: bool) -> None:
         result = TransferResult(store.artifact_uri(name, known), 0, 0, 0, skipped_whole=True)
         artifact_id = known
     else:
+        store.check()  # a wrong bucket or key fails here, not after a long conversion
         artifact = ensure_artifact(loaded, frozen=frozen, quiet=as_json)
         result = store.upload(artifact, progress=progress_enabled(as_json))
         artifact_id = artifact.id
@@ -92,7 +93,7 @@ def seed(recipe_file: str, frozen: bool, as_json: bool) -> None:
     """
     from packager.artifact import ensure_artifact, known_artifact_id
     from packager.recipe import load_recipe
-    from packager.seed import SeedResult, is_seeded, seed_volume, volume_client, volume_target
+    from packager.seed import SeedResult, check_volume, is_seeded, seed_volume, volume_client, volume_target
 
     loaded = load_recipe(recipe_file)
     target = volume_target(loaded)
@@ -114,6 +115,7 @@ def seed(recipe_file: str, frozen: bool, as_json: bool) -> None:
         )
         artifact_id = known
     else:
+        check_volume(client, target)  # a wrong volume or key fails here, not after a long conversion
         artifact = ensure_artifact(loaded, frozen=frozen, quiet=as_json)
         result = seed_volume(loaded, artifact, progress=progress_enabled(as_json), client=client)
         artifact_id = artifact.id

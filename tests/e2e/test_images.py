@@ -178,8 +178,14 @@ def loaded(docker_rig: DockerRig, tiny: tuple[Path, Artifact], work: Path) -> Lo
 
 
 @pytest.fixture(scope="module")
+def baked_identity(loaded: LoadedRecipe, tiny: tuple[Path, Artifact]) -> render.Identity:
+    """What the first build's env and labels should be, taken before it starts."""
+    return render.identity(loaded, tiny[1].id, "baked")
+
+
+@pytest.fixture(scope="module")
 def baked(
-    docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact]
+    docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact], baked_identity: render.Identity
 ) -> image_build.BuildResult:
     _, art = tiny
     result = image_build.build(
