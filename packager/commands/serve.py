@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,8 +24,11 @@ from packager.errors import PackagerError
 from packager.output import emit, json_option, note
 from packager.recipe import LoadedRecipe, load_recipe
 
+if TYPE_CHECKING:
+    from packager.artifact import Artifact
 
-def _worker_env(loaded: LoadedRecipe, *, frozen: bool, quiet: bool) -> tuple[dict[str, str], Any]:
+
+def _worker_env(loaded: LoadedRecipe, *, frozen: bool, quiet: bool) -> tuple[dict[str, str], Artifact]:
     from packager.artifact import ensure_artifact
     from packager.naming import worker_env
 
