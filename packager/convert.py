@@ -25,6 +25,7 @@ cache is what makes conversion fast); the manifest is, and `verify_artifact` re-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,8 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -291,21 +294,34 @@ def _scheduler_override(src_config: dict[str, Any], class_name: str) -> bytes:
 
 @dataclass
 class _WeightsJob:
-    """One output weights file and where its tensors come from."""
+    """One output weights file and where its tensors come from.
+
+    Sources are opened only when the job's turn comes (`torch.load` of a big `.bin` takes a
+    while), so the first file is already being cast while the next ones are opened.
+    """
 
     out_rel: str
     origin: str  # source file(s), for messages
-    tensors: TensorSet
-    names: list[str]
+    opener: Callable[[], TensorSet]
+    size_hint: int  # source bytes: the biggest file goes first
+    component: Any  # its model_index.json entry, for tied-weight rules
     dtype: torch.dtype
+    tensors: TensorSet | None = None
+    names: list[str] = field(default_factory=list)
     kept_fp32: set[str] = field(default_factory=set)
     overflowed: set[str] = field(default_factory=set)
     writer: FileWriter | None = None
     flat: _FlatSource | None = None
 
-    @property
-    def source_bytes(self) -> int:
-        return sum(self.tensors.tensors[n].nbytes for n in self.names)
+    def open(self) -> TensorSet:
+        if self.tensors is None:
+            self.tensors = self.opener()
+            self.names = _dedupe_aliases(self.tensors, self.component, self.out_rel)
+        return self.tensors
+
+    def close(self) -> None:
+        if self.tensors is not None:
+            self.tensors.close()
 
 
 def _write_artifact(
@@ -333,12 +349,18 @@ def _write_artifact(
             from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped)
             for comp, (tensors, out_name) in from_ckpt.items():
                 groups.pop(comp, None)  # the checkpoint's weights win over any in the config folder
-                jobs.append(_job(f"{comp}/{out_name}", checkpoint.name, tensors, index, comp, dtype))
+                size = sum(t.nbytes for t in tensors.tensors.values())
+                opener: Callable[[], TensorSet] = functools.partial(_same, tensors)
+                out_rel = f"{comp}/{out_name}"
+                jobs.append(_WeightsJob(out_rel, checkpoint.name, opener, size, index.get(comp), dtype))
         for folder, paths in sorted(groups.items()):
             out_rel, sources = _pick_weights(folder, paths, src_root)
             label_of = {src_root / r: r for r in sources}
-            tensors = open_tensors([src_root / r for r in sources], label_of)
-            jobs.append(_job(out_rel, ", ".join(sources), tensors, index, folder.split("/")[0], dtype))
+            opener = functools.partial(open_tensors, [src_root / r for r in sources], label_of)
+            size = sum((src_root / r).stat().st_size for r in sources)
+            jobs.append(
+                _WeightsJob(out_rel, ", ".join(sources), opener, size, index.get(folder.split("/")[0]), dtype)
+            )
 
         weighted = {job.out_rel.split("/")[0] for job in jobs}
         for comp, spec in sorted(index.items()):
@@ -368,7 +390,11 @@ def _write_artifact(
         return entries, kept
     finally:
         for job in jobs:
-            job.tensors.close()
+            job.close()
+
+
+def _same(tensors: TensorSet) -> TensorSet:
+    return tensors
 
 
 def _classify(rels: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -420,13 +446,6 @@ def _pick_weights(folder: str, rels: list[str], src_root: Path) -> tuple[str, li
     if not weights:
         raise ConvertError(f"{folder}: a shard index but no weight files")
     return f"{folder}/{_OUT_NAME[key[0]]}", weights
-
-
-def _job(
-    out_rel: str, origin: str, tensors: TensorSet, index: dict[str, Any], comp: str, dtype: Any
-) -> _WeightsJob:
-    names = _dedupe_aliases(tensors, index.get(comp), out_rel)
-    return _WeightsJob(out_rel=out_rel, origin=origin, tensors=tensors, names=names, dtype=dtype)
 
 
 def _dedupe_aliases(tensors: TensorSet, component: Any, out_rel: str) -> list[str]:
@@ -502,20 +521,31 @@ def _run_jobs(
     from packager.verify import ReadBack
 
     # Largest first: its hash is the longest sequential task, so it should start first.
-    jobs = sorted(jobs, key=lambda j: (-j.source_bytes, j.out_rel))
+    jobs = sorted(jobs, key=lambda j: (-j.size_hint, j.out_rel))
     engine = Engine(workers)
     bar = _progress_bar(jobs, progress)
     try:
 
         def start(job: _WeightsJob) -> None:
+            try:
+                queue_file(job)
+            except BaseException as exc:
+                engine.fail(exc)  # stop the other files' work too, now
+                raise
+
+        def queue_file(job: _WeightsJob) -> None:
             out_path = tmp / job.out_rel
             out_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            tensors = job.open()
             plan = _layout_for(job)
-            job.flat = _FlatSource(job.tensors.tensors)
+            if bar is not None:
+                bar.total += plan.size
+                bar.refresh()
+            job.flat = _FlatSource(tensors.tensors)
             fill = _filler(job, plan, settings, engine.chunk_bytes)
             readback = None
             if verify:
-                origin = job.tensors.origin
+                origin = tensors.origin
 
                 def readback(path: Path) -> ReadBack:
                     return ReadBack(path, job.out_rel, plan, origin)
@@ -523,18 +553,26 @@ def _run_jobs(
             job.writer = FileWriter(engine, out_path, plan, fill, readback, bar.update if bar else None)
             job.writer.start()
 
-        for job in jobs:
-            start(job)
-        for job in jobs:
-            assert job.writer is not None
-            job.writer.wait_written()
-            if job.overflowed:
-                # keep_fp32: the first pass found every tensor that overflows; write the file again
-                # with those in fp32 (fp32 holds any value the source had, so once is enough).
-                job.writer.abandon()
-                job.kept_fp32 |= job.overflowed
-                job.overflowed = set()
-                start(job)
+        # Two files are queued at once, each with its own buffers: while the biggest file's hash
+        # (sequential by nature) catches up, the next file is opened and cast.
+        with ThreadPoolExecutor(2, thread_name_prefix="queue") as queuers:
+            queued = [queuers.submit(start, job) for job in jobs]
+            for job, started in zip(jobs, queued, strict=True):
+                while True:
+                    try:
+                        started.result(timeout=0.05)
+                        break
+                    except FutureTimeout:
+                        engine.raise_if_failed()
+                assert job.writer is not None
+                job.writer.wait_written()
+                if job.overflowed:
+                    # keep_fp32: the first pass found every tensor that overflows; write the file
+                    # again with those in fp32 (fp32 holds any value the source had: once is enough).
+                    job.writer.abandon()
+                    job.kept_fp32 |= job.overflowed
+                    job.overflowed = set()
+                    start(job)
         out = []
         for job in jobs:
             assert job.writer is not None
@@ -558,6 +596,7 @@ def _layout_for(job: _WeightsJob) -> Layout:
     import torch
 
     specs = []
+    assert job.tensors is not None
     for name in job.names:
         t = job.tensors.tensors[name]
         out = t.dtype
@@ -615,8 +654,9 @@ def _overflow(job: _WeightsJob, entry: Entry, src: torch.Tensor, settings: Conve
     finite = src[torch.isfinite(src)]
     peak = float(finite.abs().max()) if finite.numel() else float("nan")
     kind = str(entry.dtype).removeprefix("torch.")
+    where = job.tensors.origin.get(entry.name, job.origin) if job.tensors else job.origin
     raise ConvertError(
-        f"{job.tensors.origin.get(entry.name, job.origin)}: tensor {entry.name} has values beyond the {kind} "
+        f"{where}: tensor {entry.name} has values beyond the {kind} "
         f"range (max |x| = {peak:.6g}); set fp16_overflow: keep_fp32 to keep it in fp32, "
         "or use precision: bf16"
     )
@@ -627,9 +667,7 @@ def _progress_bar(jobs: list[_WeightsJob], enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(
-        total=sum(j.source_bytes for j in jobs), unit="B", unit_scale=True, desc="convert", leave=False
-    )
+    return tqdm(total=0, unit="B", unit_scale=True, desc="convert", leave=False)
 
 
 def _checked_relpath(rel: str) -> str:

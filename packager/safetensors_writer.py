@@ -160,21 +160,23 @@ class ReadBack(Protocol):
 
 
 class Engine:
-    """The threads and chunk buffers shared by every file of one conversion.
+    """The cast-and-write threads shared by every file of one conversion.
 
-    Buffers are taken by the submitting thread in file order and returned by the hashers, so the
-    number of chunks in flight, and with it the memory, is fixed; an error in any task stops all.
+    Each file brings its own few chunk buffers (`buffers_per_file`), taken in file order by the
+    thread that queues its chunks and given back by its hasher: a file whose hash lags (the UNet,
+    whose sha256 is the longest sequential task) cannot starve the next file of buffers, and memory
+    stays at buffers x chunk size x files in flight. An error in any task stops all of them.
     """
 
-    def __init__(self, workers: int, chunk_bytes: int = CHUNK_BYTES, buffers: int | None = None) -> None:
+    def __init__(
+        self, workers: int, chunk_bytes: int = CHUNK_BYTES, buffers_per_file: int | None = None
+    ) -> None:
         self.chunk_bytes = chunk_bytes
-        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="convert")
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(buffers or 2 * max(1, workers) + 2):
-            self._free.put(bytearray(chunk_bytes))
+        self.workers = max(1, workers)
+        self.buffers_per_file = buffers_per_file or self.workers + 2
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convert")
         self.error: BaseException | None = None
         self._aborted = threading.Event()
-        self._local = threading.local()
 
     @property
     def aborted(self) -> bool:
@@ -188,24 +190,6 @@ class Engine:
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
-
-    def take_buffer(self) -> bytearray:
-        while True:
-            self.raise_if_failed()
-            try:
-                return self._free.get(timeout=0.05)
-            except queue.Empty:
-                continue
-
-    def give_back(self, buf: bytearray) -> None:
-        self._free.put(buf)
-
-    def scratch(self) -> bytearray:
-        """A chunk-sized buffer private to the calling thread (for verification)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = bytearray(self.chunk_bytes)
-        return buf
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         def run() -> Any:
@@ -249,6 +233,7 @@ class FileWriter:
         self._readback: ReadBack | None = None
         self._on_hashed = on_hashed
         self._chunks = plan.chunks(engine.chunk_bytes)
+        self._free: queue.Queue[bytearray] = queue.Queue()
         self._ready: list[bytearray | None] = [None] * len(self._chunks)
         self._events = [threading.Event() for _ in self._chunks]
         self._pending = len(self._chunks)
@@ -275,9 +260,19 @@ class FileWriter:
         self._hasher.start()
         if not self._chunks:
             self.written.set()
+        for _ in range(min(self.engine.buffers_per_file, len(self._chunks))):
+            self._free.put(bytearray(self.engine.chunk_bytes))
         for index in range(len(self._chunks)):
-            buf = self.engine.take_buffer()
+            buf = self._take_buffer()
             self.engine.submit(self._fill_chunk, index, buf)
+
+    def _take_buffer(self) -> bytearray:
+        while True:
+            self.engine.raise_if_failed()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
 
     def _fill_chunk(self, index: int, buf: bytearray) -> None:
         import torch
@@ -311,10 +306,12 @@ class FileWriter:
                 assert buf is not None
                 self._ready[index] = None
                 self._sha.update(memoryview(buf)[:length])
-                self.engine.give_back(buf)
+                self._free.put(buf)
                 if self._on_hashed is not None:
                     self._on_hashed(length)
             self._digest = self._sha.hexdigest()
+            while not self._free.empty():  # done: let the buffers go now, not when the job does
+                self._free.get_nowait()
         except BaseException as exc:
             self.engine.fail(exc)
 

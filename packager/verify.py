@@ -26,35 +26,47 @@ if TYPE_CHECKING:
 
 
 class ReadBack:
-    """A written-to file as safetensors maps it; `check` compares a piece with what was cast."""
+    """A written-to file as a loader sees it; `check` compares a piece with what was cast.
+
+    Opening it checks the header twice over: the safetensors library must accept it and report
+    every name, dtype and shape the plan wrote, and our own parse of the bytes on disk must give
+    the planned offsets. The data are then read through a map of the file at those offsets.
+    """
 
     def __init__(self, path: Path, rel: str, plan: Layout, origin: dict[str, str]) -> None:
+        import mmap
+
+        import torch
         from safetensors import SafetensorError, safe_open
 
         self.rel = rel
         self._origin = origin
-        _check_raw_header(path, rel, plan)
+        data_start, header = _check_raw_header(path, rel, plan)
         try:
-            self._handle: Any = safe_open(str(path), framework="pt")
-            names = set(self._handle.keys())
-            self._bytes: dict[str, torch.Tensor] = {}
-            for e in plan.entries:
-                if e.name not in names:
-                    raise VerifyError(f"{rel}: tensor {e.name} is missing when the file is read back")
-                t = self._handle.get_tensor(e.name)
-                if (dtype_code(t.dtype), tuple(t.shape)) != (dtype_code(e.dtype), e.shape):
-                    raise VerifyError(
-                        f"{rel}: tensor {e.name} reads back as {t.dtype} {tuple(t.shape)}, "
-                        f"written as {e.dtype} {e.shape}"
-                    )
-                self._bytes[e.name] = t.reshape(-1).view(_uint8()) if e.nbytes else t
+            with safe_open(str(path), framework="pt") as fh:
+                names = fh.keys()
+                library = {
+                    n: (fh.get_slice(n).get_dtype(), tuple(fh.get_slice(n).get_shape())) for n in names
+                }
         except SafetensorError as exc:
             raise VerifyError(f"{rel}: safetensors refuses the written file ({exc})") from None
-        if len(names) != len(plan.entries):
-            raise VerifyError(f"{rel}: {len(names)} tensors read back, {len(plan.entries)} written")
+        if len(library) != len(plan.entries):
+            raise VerifyError(f"{rel}: {len(library)} tensors read back, {len(plan.entries)} written")
+        for e in plan.entries:
+            want = (dtype_code(e.dtype), e.shape)
+            if library.get(e.name) != want:
+                raise VerifyError(
+                    f"{rel}: tensor {e.name} reads back as {library.get(e.name)}, written as {want}"
+                )
+        self._start = {name: data_start + header[name]["data_offsets"][0] for name in library}
+        with open(path, "rb") as fh:
+            # Private and never written: only so torch can wrap it without a read-only warning.
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
 
     def check(self, entry: Entry, lo: int, hi: int, written: torch.Tensor) -> None:
-        on_disk = self._bytes[entry.name][lo * entry.itemsize : hi * entry.itemsize]
+        start = self._start[entry.name] + lo * entry.itemsize
+        on_disk = self._bytes[start : start + (hi - lo) * entry.itemsize]
         if not same_bytes(written, on_disk):
             where = self._origin.get(entry.name, "the source")
             kind = str(entry.dtype).removeprefix("torch.")
@@ -63,14 +75,7 @@ class ReadBack:
             )
 
     def close(self) -> None:
-        self._bytes.clear()
-        self._handle = None
-
-
-def _uint8() -> torch.dtype:
-    import torch
-
-    return torch.uint8
+        del self._bytes  # the map closes once nothing views it
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -102,7 +107,7 @@ def _load_memcmp() -> Any:
 _MEMCMP = _load_memcmp()
 
 
-def _check_raw_header(path: Path, rel: str, plan: Layout) -> None:
+def _check_raw_header(path: Path, rel: str, plan: Layout) -> tuple[int, dict[str, Any]]:
     """Our own parse of the header: every offset where the plan put it, the size it implies."""
     size = path.stat().st_size
     if size != plan.size:
@@ -117,6 +122,7 @@ def _check_raw_header(path: Path, rel: str, plan: Layout) -> None:
         got = header.get(e.name, {}).get("data_offsets")
         if got != [e.start, e.start + e.nbytes]:
             raise VerifyError(f"{rel}: tensor {e.name} has offsets {got} on disk")
+    return data_start, header
 
 
 def verify_artifact(artifact_dir: Path, *, full: bool = True) -> mf.Manifest:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from worker_runtime import manifest as mf
 MiB = 1024 * 1024
 SMALL_PARTS = TransferSettings(multipart_threshold=5 * MiB, chunk_size=5 * MiB, concurrency=4)
 VOLUME_ID = "k3x9q2m7pa"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +164,60 @@ def test_the_runpod_profile_holds_the_volume_keys(
     config.unlink()
     with enable_iam_authentication(), pytest.raises(VolumeError, match="refused the credentials"):
         volume_has_artifact(volume, artifact.id)
+
+
+def packager(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "packager", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_seed_then_rerun(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.rig.artifacts import tiny_recipe
+
+    source, build = tiny_build
+    s3.new_bucket(VOLUME_ID)
+    extra = f"mode: volume\nvolume:\n  id: {VOLUME_ID}\n  endpoint_url: {s3.endpoint_url}\n"
+    # Beside the shared build dir, so its lock (and the artifact id it records) is shared too.
+    recipe = tiny_recipe(build.parent / "recipes", source, extra=extra)
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(build))
+
+    first = packager("seed", str(recipe), "--json", env=env)
+
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    prefix = f"models/tiny/{data['artifact_id']}/"
+    assert data["uri"] == f"s3://{VOLUME_ID}/{prefix.rstrip('/')}" and data["files_sent"] > 0
+    assert data["path_on_volume"] == f"/runpod-volume/{prefix.rstrip('/')}"
+    assert prefix + mf.READY_MARKER in s3.keys(prefix, bucket=VOLUME_ID)
+    s3.traffic.reset()
+
+    again = packager("seed", str(recipe), env=env)
+
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stdout
+    assert [(r.op, r.path.rsplit("/", 1)[-1]) for r in s3.traffic.select(VOLUME_ID)] == [
+        ("HeadObject", mf.READY_MARKER)
+    ]
+
+
+def test_cli_seed_to_an_unknown_volume_is_one_line(
+    s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tests.rig.artifacts import tiny_recipe
+
+    source, _ = tiny_build
+    extra = f"volume:\n  id: novolume42\n  endpoint_url: {s3.endpoint_url}\n"
+    recipe = tiny_recipe(tmp_path, source, extra=extra)
+
+    done = packager("seed", str(recipe), env=s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build")))
+
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("packager: error: bucket 'novolume42' does not exist") and "volume.id" in last
+    assert not (tmp_path / "build" / "artifacts").exists(), "failed before converting anything"

@@ -342,13 +342,14 @@ def test_local_store_without_manifest_is_absent_and_upload_finishes_it(artifact,
     final = tmp_path / "store" / "demo" / artifact.id
     (final / mf.MANIFEST_NAME).unlink()
     (final / "vae/diffusion_pytorch_model.safetensors").unlink()
+    (final / "vae/.diffusion_pytorch_model.safetensors.tmp4242").write_bytes(b"half a copy from a killed run")
 
     assert not store.has_artifact("demo", artifact.id)
     assert store.list_artifacts() == []
     result = store.upload(artifact, progress=False)
 
     assert (result.files_sent, result.files_skipped) == (1, len(artifact.manifest.files) - 1)
-    assert same_tree(artifact.dir, final)
+    assert same_tree(artifact.dir, final), "complete, and the killed run's temp file is gone"
 
 
 def test_local_store_corrupt_file_is_caught(artifact, tmp_path: Path) -> None:
@@ -430,22 +431,14 @@ def test_cli_store_errors_are_one_line_exit_2(s3: S3Env, tmp_path: Path, case: s
     assert env["AWS_SECRET_ACCESS_KEY"] not in done.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny fixture model and a build dir shared by the module, so it is converted once."""
-    from tests.rig.artifacts import tiny_source
-
-    root = tmp_path_factory.mktemp("tiny")
-    return tiny_source(root / "source"), root / "build"
-
-
 def test_cli_upload_rerun_and_pull_by_recipe(
     s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from tests.rig.artifacts import tiny_recipe
 
     source, build = tiny_build
-    recipe = tiny_recipe(tmp_path, source, extra=f"store:\n  uri: s3://{s3.bucket}/models\n")
+    # Beside the shared build dir, so its lock (and the artifact id it records) is shared too.
+    recipe = tiny_recipe(build.parent / "recipes", source, extra=f"store:\n  uri: s3://{s3.bucket}/models\n")
     env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(build))
 
     first = packager("upload", str(recipe), "--json", env=env)

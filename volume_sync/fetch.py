@@ -46,6 +46,8 @@ class VerifyFailed(FetchError):
 
 @dataclass(frozen=True)
 class FetchResult:
+    """What a fetch moved: `bytes_fetched` counts the manifest too (it is always read)."""
+
     dir: Path
     files_fetched: int
     files_kept: int
@@ -307,7 +309,7 @@ def fetch_artifact(
         before_commit()
     os.rename(staging, dest)
     _fsync_dir(dest.parent)
-    return FetchResult(dest, len(todo), kept, fetched)
+    return FetchResult(dest, len(todo), kept, fetched + len(data))
 
 
 def _resume(staging: Path, manifest: mf.Manifest) -> tuple[list[mf.FileEntry], int]:

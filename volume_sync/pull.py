@@ -37,7 +37,11 @@ class PullVerifyError(PullError):
 
 def lock_path(mount: str | os.PathLike[str], name: str, artifact_id: str) -> Path:
     """The artifact's lock on the volume: beside its directory, so `prune` can see it too."""
-    return mf.volume_path(mount, name, artifact_id).parent / f".{artifact_id}.lock"
+    return _lock_beside(mf.volume_path(mount, name, artifact_id))
+
+
+def _lock_beside(artifact_dir: Path) -> Path:
+    return artifact_dir.parent / f".{artifact_dir.name}.lock"
 
 
 def is_ready(artifact_dir: Path) -> bool:
@@ -79,8 +83,26 @@ def pull(
         return final
     if not Path(mount).is_dir():
         raise PullError(f"{mount}: no such directory (is the network volume mounted? see --mount)")
+    try:
+        return _pull_once(source, name, artifact_id, final, timeout_s, quiet, lock_stale_s)
+    except OSError as exc:
+        raise PullError(
+            f"{exc.filename or final}: {exc.strerror or exc} (on the volume at {mount})"
+        ) from None
+
+
+def _pull_once(
+    source: Any,
+    name: str,
+    artifact_id: str,
+    final: Path,
+    timeout_s: float | None,
+    quiet: bool,
+    lock_stale_s: float,
+) -> Path:
+    """Take the lock and fetch, or wait for whoever holds it; the caller has checked `.ready`."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    lock = VolumeLock(lock_path(mount, name, artifact_id), stale_s=lock_stale_s)
+    lock = VolumeLock(_lock_beside(final), stale_s=lock_stale_s)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     said_waiting = False
     while True:

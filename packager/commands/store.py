@@ -53,10 +53,10 @@ def upload(recipe_file: str, frozen: bool, as_json: bool) -> None:
 def pull(source: str, dest: Path, as_json: bool) -> None:
     """Download an artifact into DIR, verifying every file's sha256 against the manifest.
 
-    SOURCE is a recipe (its store and the artifact id its lock records) or the artifact's prefix in
-    a store: s3://bucket/prefix/<name>/<artifact-id> or a local directory of that shape. Files are
-    staged beside DIR and renamed into place when all of them check out; a pull that stops part
-    way resumes from the files already verified.
+    RECIPE|URI is a recipe (its store and the artifact id its lock records) or the artifact's prefix
+    in a store: s3://bucket/prefix/<name>/<artifact-id> or a local directory of that shape. DIR
+    becomes the artifact directory itself. Files are staged beside it and renamed into place when
+    all of them check out; a pull that stops part way resumes from the files already verified.
     """
     from packager.store import open_store, open_store_uri, split_artifact_uri
 

@@ -397,6 +397,7 @@ def test_volume_image_serves_from_a_volume_seeded_by_volume_sync(
     _, art = tiny
     assert [x.step for x in slim.layers] == ["requirements", "pip install", *CODE_STEPS]
     volume = work / "seeded-volume"
+    volume.mkdir()
     seeded = subprocess.run(
         [
             sys.executable,

@@ -11,6 +11,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,6 +89,16 @@ def s3(
     s3_server.traffic.reset()
     for name in rig.buckets:
         _empty(client, name)
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny fixture model and a build dir (PACKAGER_BUILD_DIR) shared by the session's CLI tests of
+    upload, pull and seed, so the model is built and converted once."""
+    from tests.rig.artifacts import tiny_source
+
+    root = tmp_path_factory.mktemp("tiny-store")
+    return tiny_source(root / "source"), root / "build"
 
 
 def _empty(client: Any, bucket: str) -> None:
