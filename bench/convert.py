@@ -9,8 +9,10 @@ output is deleted (outside the timing) before the next.
   no-verify   the same with verify=False
   floor       read every source weight byte and write half as many (the I/O floor, no torch)
 
-Memory: peak RSS is the kernel's VmHWM; peak anonymous memory is RssAnon sampled every 2 ms
+Memory: peak RSS is the kernel's VmHWM; peak anonymous memory is RssAnon sampled every 5 ms
 (file-backed pages of memory-mapped checkpoints are page cache, not the process's memory).
+"work s" is the time after imports (torch alone takes 1-3 s to import on a small machine); "CPU s" is
+user + system time of the whole process, the steadiest figure on a machine shared with others.
 
   python -m bench.convert [--quick] [--runs N] [--variants convert,no-verify]
 """
@@ -39,7 +41,7 @@ TARGETS = {"convert_wall_s": 4.0, "no_verify_wall_s": 2.5, "peak_anon_mb": 300, 
 class _AnonSampler:
     """Peak RssAnon of this process, sampled on a thread (the kernel keeps no high-water mark)."""
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
         self.peak_kb = 0
         self._stop = threading.Event()
         self._interval = interval
@@ -79,9 +81,11 @@ def _child(variant: str, src: Path, out: Path) -> dict[str, Any]:
         from diffusers import StableDiffusionPipeline
 
         imported = time.perf_counter()
-        pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=torch.float16)
+        pipe = StableDiffusionPipeline.from_pretrained(src, dtype=torch.float16)
         pipe.save_pretrained(out)
     elif variant in ("convert", "no-verify"):
+        import torch  # imported by convert() anyway: timed apart, like the naive path's
+
         from packager.convert import ConvertSettings, convert
 
         imported = time.perf_counter()
@@ -140,6 +144,7 @@ def _run_once(variant: str, src: Path, work: Path) -> dict[str, Any]:
     result["wall_s"] = wall
     result["cpu_s"] = cpu
     shutil.rmtree(out, ignore_errors=True)
+    os.sync()  # every run starts with no dirty pages left by the one before
     return result
 
 
@@ -176,6 +181,7 @@ def main(argv: list[str]) -> int:
     if args.quick and "naive" in variants and args.variants == ",".join(VARIANTS):
         variants.remove("naive")
     _warm(src)
+    os.sync()
     raw: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for i in range(runs):
         for variant in variants:  # interleaved, so drift in machine load hits every variant alike

@@ -115,6 +115,7 @@ def run(artifact: Path, runs: int, source: str) -> dict[str, Any]:
     manifest = mf.load(artifact)
     artifact_id = mf.artifact_id_of(artifact)
     total = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+    load_at_start = round(os.getloadavg()[0], 2)
     home = Path(tempfile.mkdtemp(prefix="bench-upload-home-"))
     server, endpoint = _start_server()
     try:
@@ -157,6 +158,8 @@ def run(artifact: Path, runs: int, source: str) -> dict[str, Any]:
         "server": "moto (tests/rig/s3.py) on 127.0.0.1, its own process",
         "runs": runs,
         "cpus": os.cpu_count(),
+        # Shared machines: a load average above the CPU count inflates every figure, so say so.
+        "loadavg_1m_at_start": load_at_start,
         "seconds": times,
         "median_s": med,
         "throughput_mb_s": {k: total / 1e6 / med[k] for k in ("packager", "awscli")},
@@ -224,7 +227,10 @@ def _table(r: dict[str, Any]) -> None:
         )
     ]
     art = r["artifact"]
-    print(f"artifact: {art['source']}, {human_bytes(art['bytes'])}, {art['files']} files")
+    print(
+        f"artifact: {art['source']}, {human_bytes(art['bytes'])}, {art['files']} files; "
+        f"{r['cpus']} CPUs, load average {r['loadavg_1m_at_start']} at start"
+    )
     print(grid(["variant", "median s", "min s", "max s", "MB/s"], rows))
     print(
         f"ratio awscli/packager = {r['ratio_awscli_over_packager']:.2f} (target ≥ {TARGET_RATIO}); "

@@ -211,7 +211,6 @@ class _PipelinePlan:
     pipeline: str
     index_bytes: bytes | None  # rewritten model_index.json, None to copy it unchanged
     scheduler_record: dict[str, Any]
-    scheduler_bytes: bytes | None  # the override's scheduler_config.json
 
 
 def _plan_pipeline(index: dict[str, Any], settings: ConvertSettings) -> _PipelinePlan:
@@ -237,21 +236,20 @@ def _plan_pipeline(index: dict[str, Any], settings: ConvertSettings) -> _Pipelin
         source_scheduler[1] if isinstance(source_scheduler, list) and len(source_scheduler) == 2 else None
     )
     record: dict[str, Any] = {"class": source_class, "overridden": False}
-    scheduler_bytes = None
     if settings.pipeline or settings.drop:
+        # Costs a diffusers import (seconds), worth it: a bad drop would otherwise surface only
+        # when a worker fails to load the model.
         _check_pipeline_components(pipeline, new_index, settings)
     if settings.scheduler:
         if source_class is None:
             raise ConvertError("scheduler: this pipeline has no scheduler component to replace")
         new_index["scheduler"] = ["diffusers", settings.scheduler]
         record = {"class": settings.scheduler, "overridden": True, "source_class": source_class}
-        scheduler_bytes = b""  # filled in by _write_artifact, which has the source config
     changed = new_index != index
     return _PipelinePlan(
         pipeline=pipeline,
         index_bytes=(json.dumps(new_index, indent=2, sort_keys=True) + "\n").encode() if changed else None,
         scheduler_record=record,
-        scheduler_bytes=scheduler_bytes,
     )
 
 
@@ -316,7 +314,7 @@ class _WeightsJob:
     def open(self) -> TensorSet:
         if self.tensors is None:
             self.tensors = self.opener()
-            self.names = _dedupe_aliases(self.tensors, self.component, self.out_rel)
+            self.names = _dedupe_aliases(self.tensors, self.component)
         return self.tensors
 
     def close(self) -> None:
@@ -448,7 +446,7 @@ def _pick_weights(folder: str, rels: list[str], src_root: Path) -> tuple[str, li
     return f"{folder}/{_OUT_NAME[key[0]]}", weights
 
 
-def _dedupe_aliases(tensors: TensorSet, component: Any, out_rel: str) -> list[str]:
+def _dedupe_aliases(tensors: TensorSet, component: Any) -> list[str]:
     """Names to write: every tensor, less the tie targets its class re-ties on load."""
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name, t in tensors.tensors.items():
@@ -539,7 +537,7 @@ def _run_jobs(
             tensors = job.open()
             plan = _layout_for(job)
             if bar is not None:
-                bar.total += plan.size
+                bar.total += plan.data_bytes
                 bar.refresh()
             job.flat = _FlatSource(tensors.tensors)
             fill = _filler(job, plan, settings, engine.chunk_bytes)

@@ -72,8 +72,7 @@ def checkpoint_components(
             f"{checkpoint.name}: no component of the config's pipeline was found in the checkpoint"
         )
     # The converted tensors are views of the checkpoint's maps: keep it open as long as they live.
-    first = next(iter(out.values()))[0]
-    first._stack.callback(state.close)
+    next(iter(out.values()))[0].on_close(state.close)
     return out
 
 

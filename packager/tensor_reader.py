@@ -16,7 +16,7 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,10 @@ class TensorSet:
             raise ConvertError(f"{origin}: tensor {name!r} is also in {self.origin[name]} (shards overlap)")
         self.tensors[name] = tensor
         self.origin[name] = origin
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Run `callback` when the set is closed (e.g. close the file its tensors are views of)."""
+        self._stack.callback(callback)
 
     def close(self) -> None:
         self.tensors.clear()

@@ -5,8 +5,9 @@ a wheelhouse on 127.0.0.1, a loopback registry), so the tier needs root and Debi
 docker-registry and debootstrap, and nothing from the internet. The worker inside each image
 answers one request through the runpod SDK's `--test_input` and writes its PNG to a mounted folder.
 
-The tests share the module's images and run in file order: first build → code-only rebuild →
-push/pull → volume mode → the secret scan (which builds afresh through the CLI).
+The tests share the module's images and run in file order: the secret scan (a `--no-cache` build
+through the CLI, whose pip layer the later builds reuse) → first build → code-only rebuild →
+push/pull → volume mode.
 """
 
 from __future__ import annotations
@@ -200,6 +201,97 @@ def baked(
     )
     report(first_build_s=round(result.seconds, 1), first_build_skipped=result.skipped)
     return result
+
+
+# --- 5. planted secrets (first: its --no-cache build leaves the pip layer cached for the rest) ---
+
+
+def image_bytes_contain(
+    client: Any, tag: str, needles: list[bytes], scratch: Path
+) -> list[tuple[str, bytes]]:
+    """(where, needle) for each needle found: image config, history, every file of every layer."""
+    found = []
+    meta = json.dumps([client.api.inspect_image(tag), client.api.history(tag)]).encode()
+    found += [("inspect/history", n) for n in needles if n in meta]
+    archive = scratch / "image.tar"
+    with open(archive, "wb") as fh:
+        for chunk in client.images.get(tag).save(named=True):
+            fh.write(chunk)
+    try:
+        with tarfile.open(archive) as outer:
+            for member in outer:
+                if not member.isfile():
+                    continue
+                data = outer.extractfile(member)
+                assert data is not None
+                if member.name.endswith("layer.tar"):
+                    found += [(f"{member.name}:{where}", n) for where, n in _scan_layer(data, needles)]
+                else:
+                    blob = data.read()
+                    found += [(member.name, n) for n in needles if n in blob]
+    finally:
+        archive.unlink()
+    return found
+
+
+def _scan_layer(fileobj: Any, needles: list[bytes]) -> Iterator[tuple[str, bytes]]:
+    overlap = max(len(n) for n in needles)
+    with tarfile.open(fileobj=fileobj, mode="r|") as layer:
+        for member in layer:
+            names = (member.name + " " + member.linkname).encode()
+            yield from ((f"{member.name} (name)", n) for n in needles if n in names)
+            if not member.isfile():
+                continue
+            fh = layer.extractfile(member)
+            assert fh is not None
+            tail = b""
+            while chunk := fh.read(8 * 1024 * 1024):
+                window = tail + chunk
+                yield from ((member.name, n) for n in needles if n in window)
+                tail = window[-overlap:]
+
+
+def test_no_planted_secret_reaches_the_image(
+    docker_rig: DockerRig, tiny: tuple[Path, Artifact], work: Path
+) -> None:
+    source, _ = tiny
+    planted = {
+        key: f"planted-{key.lower()}-{uuid.uuid4().hex}"
+        for key in (
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "RUNPOD_API_KEY",
+        )
+    }
+    recipe_path = tiny_recipe(
+        work / "secret-recipe",
+        source,
+        "tiny-secret",
+        f"image: {{base: '{docker_rig.base_image}', base_has_torch: false}}\n",
+    )
+    env = {**docker_rig.env(), "PACKAGER_BUILD_DIR": str(work / "secret-build"), **planted}
+    # --no-cache: every RUN step executes in this build, with the secrets in the builder's env.
+    command = ["build", str(recipe_path), "--mode", "baked", "--no-cache", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "packager", *command, "--find-links", docker_rig.find_links],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert not result["skipped"]
+    needles = [v.encode() for v in planted.values()]
+    assert not [n for n in needles if n in (done.stdout + done.stderr).encode()], "a secret reached the log"
+    # The recipe name rides along as a control: the scan must find it (labels, and the manifest's layer).
+    control = b"tiny-secret"
+    hits = image_bytes_contain(docker_rig.client(), result["tag"], [*needles, control], work)
+    assert [where for where, n in hits if n != control] == []
+    assert any(n == control and "layer.tar" in where for where, n in hits), hits
 
 
 # --- 1. baked image, offline ----------------------------------------------------------------------------
@@ -448,95 +540,3 @@ def test_volume_image_pulls_into_an_empty_volume_then_serves(
     assert mf.check(pulled, full_hash=True).files == art.manifest.files
     env = docker_rig.client().images.get(slim.tag).attrs["Config"]["Env"]
     assert not any(e.startswith("AWS_") for e in env), "credentials must not be baked into the image"
-
-
-# --- 5. planted secrets --------------------------------------------------------------------------------
-
-
-def image_bytes_contain(client: Any, tag: str, needles: list[bytes], scratch: Path) -> list[str]:
-    """Where any needle occurs: image config, history, and every file of every layer (docker save)."""
-    found = []
-    meta = json.dumps([client.api.inspect_image(tag), client.api.history(tag)]).encode()
-    found += [f"inspect/history: {n.decode()}" for n in needles if n in meta]
-    archive = scratch / "image.tar"
-    with open(archive, "wb") as fh:
-        for chunk in client.images.get(tag).save(named=True):
-            fh.write(chunk)
-    try:
-        with tarfile.open(archive) as outer:
-            for member in outer:
-                if not member.isfile():
-                    continue
-                data = outer.extractfile(member)
-                assert data is not None
-                if member.name.endswith("layer.tar"):
-                    found += [f"{member.name}:{hit}" for hit in _scan_layer(data, needles)]
-                else:
-                    blob = data.read()
-                    found += [f"{member.name}: {n.decode()}" for n in needles if n in blob]
-    finally:
-        archive.unlink()
-    return found
-
-
-def _scan_layer(fileobj: Any, needles: list[bytes]) -> Iterator[str]:
-    overlap = max(len(n) for n in needles)
-    with tarfile.open(fileobj=fileobj, mode="r|") as layer:
-        for member in layer:
-            names = (member.name + " " + member.linkname).encode()
-            for n in needles:
-                if n in names:
-                    yield f"{member.name} (name)"
-            if not member.isfile():
-                continue
-            fh = layer.extractfile(member)
-            assert fh is not None
-            tail = b""
-            while chunk := fh.read(8 * 1024 * 1024):
-                window = tail + chunk
-                for n in needles:
-                    if n in window:
-                        yield member.name
-                tail = window[-overlap:]
-
-
-def test_no_planted_secret_reaches_the_image(
-    docker_rig: DockerRig, tiny: tuple[Path, Artifact], work: Path
-) -> None:
-    source, _ = tiny
-    planted = {
-        key: f"planted-{key.lower()}-{uuid.uuid4().hex}"
-        for key in (
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "RUNPOD_API_KEY",
-        )
-    }
-    recipe_path = tiny_recipe(
-        work / "secret-recipe",
-        source,
-        "tiny-secret",
-        f"image: {{base: '{docker_rig.base_image}', base_has_torch: false}}\n",
-    )
-    env = {**docker_rig.env(), "PACKAGER_BUILD_DIR": str(work / "secret-build"), **planted}
-    # --no-cache: every RUN step executes in this build, with the secrets in the builder's env.
-    command = ["build", str(recipe_path), "--mode", "baked", "--no-cache", "--json"]
-    done = subprocess.run(
-        [sys.executable, "-m", "packager", *command, "--find-links", docker_rig.find_links],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=1500,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    assert not result["skipped"]
-    needles = [v.encode() for v in planted.values()]
-    assert not [n for n in needles if n in (done.stdout + done.stderr).encode()], "a secret reached the log"
-    leaks = image_bytes_contain(docker_rig.client(), result["tag"], needles, work)
-    assert leaks == [], leaks
-    # The scan itself can find things: the recipe name is in the labels and the layers.
-    assert image_bytes_contain(docker_rig.client(), result["tag"], [b"tiny-secret"], work)
