@@ -133,7 +133,9 @@ def _build(folder: Path) -> None:
         (vae, "vae/diffusion_pytorch_model.bin"),
         (text_encoder, "text_encoder/pytorch_model.bin"),
     )
-    for model, rel in models:
+    for (model, rel), (component, params) in zip(models, EXPECTED_PARAMS.items(), strict=True):
+        count = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+        assert count == params, f"{component}: {count} parameters, SD 1.5 has {params}"
         cursor = write_random_bin(folder / rel, model.state_dict(), block, cursor)
     index = {
         "_class_name": "StableDiffusionPipeline",

@@ -34,7 +34,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +64,16 @@ _OUT_NAME = {
     "pytorch_model": TRANSFORMERS_WEIGHTS,
     "model": TRANSFORMERS_WEIGHTS,
 }
+# The names diffusers and transformers write: `model.safetensors`, `model.fp16.safetensors`,
+# `model-00001-of-00002.safetensors`, `model.fp16-00001-of-00002.safetensors`, and the legacy
+# variant spellings `model-00001-of-00002.fp16.safetensors` / `model.fp16.safetensors.index.json`.
+_STEM = r"(?P<stem>diffusion_pytorch_model|pytorch_model|model)"
 _WEIGHTS_RE = re.compile(
-    r"^(?P<stem>diffusion_pytorch_model|pytorch_model|model)(?:\.(?P<variant>[A-Za-z0-9_]+))?"
-    r"(?:-(?P<shard>\d{5})-of-(?P<total>\d{5}))?\.(?P<fmt>safetensors|bin)$"
+    rf"^{_STEM}(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d{{5}}-of-\d{{5}})?(?:\.(?P<legacy>[A-Za-z0-9_]+))?"
+    r"\.(?P<fmt>safetensors|bin)$"
 )
 _INDEX_RE = re.compile(
-    r"^(?P<stem>diffusion_pytorch_model|pytorch_model|model)\.(?P<fmt>safetensors|bin)\.index"
+    rf"^{_STEM}(?:\.(?P<legacy>[A-Za-z0-9_]+))?\.(?P<fmt>safetensors|bin)\.index"
     r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
 )
 # Weight formats we never copy into an artifact: anything else with these suffixes is a mistake
@@ -422,7 +426,7 @@ def _pick_weights(folder: str, rels: list[str], src_root: Path) -> tuple[str, li
         base = rel.rpartition("/")[2]
         m = _WEIGHTS_RE.match(base) or _INDEX_RE.match(base)
         assert m is not None
-        key = (m["stem"], m["variant"], m["fmt"])
+        key = (m["stem"], m["variant"] or m["legacy"], m["fmt"])
         kind = "index" if base.endswith(".json") else "weights"
         sets.setdefault(key, {"index": [], "weights": []})[kind].append(rel)
     variants = sorted({(k[0], k[1] or "") for k in sets})
@@ -554,27 +558,28 @@ def _run_jobs(
         # Two files are queued at once, each with its own buffers: while the biggest file's hash
         # (sequential by nature) catches up, the next file is opened and cast.
         with ThreadPoolExecutor(2, thread_name_prefix="queue") as queuers:
-            queued = [queuers.submit(start, job) for job in jobs]
-            for job, started in zip(jobs, queued, strict=True):
-                while True:
-                    try:
-                        started.result(timeout=0.05)
-                        break
-                    except FutureTimeout:
-                        engine.raise_if_failed()
-                assert job.writer is not None
-                job.writer.wait_written()
-                if job.overflowed:
-                    # keep_fp32: the first pass found every tensor that overflows; write the file
-                    # again with those in fp32 (fp32 holds any value the source had: once is enough).
-                    job.writer.abandon()
-                    job.kept_fp32 |= job.overflowed
-                    job.overflowed = set()
-                    start(job)
+            try:
+                queued = [queuers.submit(start, job) for job in jobs]
+                for job, started in zip(jobs, queued, strict=True):
+                    _wait(started, engine)
+                    assert job.writer is not None
+                    job.writer.wait_written()
+                    if job.overflowed:
+                        # keep_fp32: the first pass found every tensor that overflows; write the file
+                        # again with those in fp32 (fp32 holds any value the source had: once is enough).
+                        job.writer.abandon()
+                        job.kept_fp32 |= job.overflowed
+                        job.overflowed = set()
+                        start(job)
+            except BaseException as exc:
+                engine.fail(exc)  # before leaving the block, which waits for the queueing threads
+                raise
         out = []
         for job in jobs:
             assert job.writer is not None
             size, sha = job.writer.finish()
+            if job.overflowed:  # only an fp64 source beyond even fp32's range gets here
+                raise ConvertError(f"{job.origin}: {sorted(job.overflowed)[0]} overflows even float32")
             codes = [dtype_code(e.dtype) for e in job.writer.plan.entries]
             out.append(mf.FileEntry(job.out_rel, size, sha, len(codes), dtype_label(codes)))
         return out
@@ -588,6 +593,16 @@ def _run_jobs(
                 job.writer.close()
         if bar is not None:
             bar.close()
+
+
+def _wait(future: Future[Any], engine: Engine) -> None:
+    """The future's result, giving up as soon as any other task of the engine has failed."""
+    while True:
+        try:
+            future.result(timeout=0.05)
+            return
+        except FutureTimeout:
+            engine.raise_if_failed()
 
 
 def _layout_for(job: _WeightsJob) -> Layout:

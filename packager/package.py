@@ -225,7 +225,7 @@ def _image_stage(
     rendered = render(loaded, artifact, manifest, artifact_id, mode, artifact_uri=artifact_uri)
     result.context_dir = str(rendered.context_dir)
     if policy == "render":
-        return "rendered", f"{rendered.context_dir} (no image built: {image_build.engine_problem()})"
+        return "rendered", f"{rendered.context_dir} (no image built: no Docker engine, or --image render)"
     built = image_build.build_context(loaded, rendered, artifact_id, mode, push=push, quiet=quiet)
     result.image_size, result.image_layers, result.image_built = built.size, built.layers, True
     return "done", f"{tag} built{' and pushed' if built.pushed else ''}"

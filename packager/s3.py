@@ -21,13 +21,16 @@ def connect(
     endpoint_url: str | None = None,
     profile: str | None = None,
     region: str | None = None,
+    checksums: str | None = None,
     error: type[PackagerError] = StoreError,
 ) -> Any:
     """An S3 client; credentials come only from boto3's chain (env, profile, instance role)."""
     from botocore.exceptions import BotoCoreError
 
     try:
-        return s3_core.make_client(endpoint_url=endpoint_url, profile=profile, region=region)
+        return s3_core.make_client(
+            endpoint_url=endpoint_url, profile=profile, region=region, checksums=checksums
+        )
     except BotoCoreError as exc:
         raise error(s3_core.explain(exc, bucket="?", endpoint=endpoint_url) or str(exc)) from None
 

@@ -90,8 +90,13 @@ def volume_client(target: VolumeTarget) -> Any:
     from volume_sync.s3 import available_profiles
 
     profile = RUNPOD_PROFILE if RUNPOD_PROFILE in available_profiles() else None
+    # Plain signed requests: the volume API is young, and trailing checksums are the newest part of S3.
     return s3.connect(
-        endpoint_url=target.endpoint_url, profile=profile, region=target.region, error=VolumeError
+        endpoint_url=target.endpoint_url,
+        profile=profile,
+        region=target.region,
+        checksums="when_required",
+        error=VolumeError,
     )
 
 

@@ -51,26 +51,31 @@ def make_client(
     profile: str | None = None,
     region: str | None = None,
     max_pool_connections: int = MAX_POOL_CONNECTIONS,
+    checksums: str | None = None,
 ) -> Any:
     """An S3 client; boto3's chain supplies credentials and, when `endpoint_url` is None, the endpoint.
 
     Made with botocore's session (what boto3 wraps) because a "does the store have it?" check is
     one request, and skipping boto3's own imports is a good part of its cost.
-    Checksums are computed only where S3 requires them: every file is already verified end to end
-    by its sha256, and the newer default (CRC trailers on every upload) is not understood by all
-    S3-compatible services.
+
+    `checksums` None keeps botocore's default (a CRC32 trailer on every upload, which S3 checks,
+    and no SHA-256 pass over the payload), or what the user configured through
+    AWS_REQUEST_CHECKSUM_CALCULATION for a service that does not take trailers; "when_required"
+    sends plain signed requests, the most widely understood form.
     """
     import botocore.session
     from botocore.config import Config
 
     session = botocore.session.Session(profile=profile)
+    options: dict[str, Any] = {}
+    if checksums is not None:
+        options = {"request_checksum_calculation": checksums, "response_checksum_validation": checksums}
     config = Config(
         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         max_pool_connections=max_pool_connections,
         connect_timeout=10,
         read_timeout=120,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
+        **options,
     )
     return session.create_client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 

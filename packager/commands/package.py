@@ -70,8 +70,14 @@ def summary_table(r: dict[str, Any]) -> str:
     elif r.get("context_dir"):
         image += f"  (rendered only: {r['context_dir']})"
     rows.append(("image", image))
-    for key, value in plan.items():
-        rows.append((f"planned cold start: {key}", value))
+    if plan:
+        parts = ", ".join(
+            f"{k.removesuffix('_s')} {plan[k]:.1f} s"
+            for k in ("pull_s", "weights_read_s", "import_s", "load_s")
+            if isinstance(plan.get(k), (int, float))
+        )
+        rows.append(("planned cold start", f"{plan.get('total_s', 0):.1f} s ({parts})"))
+        rows.append(("  basis", plan.get("basis")))
     moved = "nothing moved (every stage already done)" if r["moved_nothing"] else (
         f"uploaded {human_bytes(r['bytes_uploaded'])}, downloaded {human_bytes(r['bytes_downloaded'])}"
     )

@@ -84,7 +84,9 @@ def serve(recipe_file: str, port: int, host: str, frozen: bool) -> None:
     show_default=True,
     help="Where to write the image.",
 )
-@click.option("--prompt", default="a photo of a lighthouse on a cliff at dawn", show_default=True)
+@click.option(
+    "--prompt", default="a photo of a lighthouse on a cliff at dawn", show_default=True, help="What to draw."
+)
 @click.option(
     "--steps", type=int, default=None, help="Inference steps (default: the recipe's worker default)."
 )
