@@ -17,7 +17,8 @@ variants run interleaved, several times each, and the table reports medians.
 
 ready = the runpod SDK's "--- Starting Serverless Worker" line (model loaded, handler about to
 run); first response = the SDK's "completed successfully" line for the job. Both are timestamped
-by this process as the lines arrive, from the moment it spawned the child.
+by this process as the lines arrive, from the moment it spawned the child. CPU s is the child's
+user + system time for the whole run (to exit): on a shared machine it moves far less than wall time.
 
 On a CPU the worker flushes denormal floats to zero (torch.set_flush_denormal); the naive handler
 does not. The benchmark model's random weights produce many denormals, so the first-response gap is
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -114,6 +116,7 @@ print("floor done", flush=True)
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float = 0.0  # user + system seconds of the child: robust to a busy machine, unlike wall time
     marks: dict[str, float] = field(default_factory=dict)
     breakdown: dict[str, float] = field(default_factory=dict)
 
@@ -202,6 +205,7 @@ def _commands(setup: Setup, variant: str) -> tuple[list[str], dict[str, str], st
 
 def _run_once(setup: Setup, variant: str) -> Run:
     argv, env, end_mark = _commands(setup, variant)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -236,6 +240,8 @@ def _run_once(setup: Setup, variant: str) -> Run:
     for t in threads:
         t.join()
     run.wall_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time
+    run.cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     finished = "first_response_s" if end_mark == ANSWER_MARK else "done_s"
     if proc.returncode != 0 or finished not in run.marks:
         tail = "".join(tails["stdout"][-15:] + tails["stderr"][-15:])
@@ -288,7 +294,10 @@ def _median(values: list[float]) -> float | None:
 
 
 def _summarise(runs: list[Run]) -> dict[str, Any]:
-    out: dict[str, Any] = {"wall_s": _median([r.wall_s for r in runs])}
+    out: dict[str, Any] = {
+        "wall_s": _median([r.wall_s for r in runs]),
+        "cpu_s": _median([r.cpu_s for r in runs]),
+    }
     for key in ("ready_s", "first_response_s", "done_s"):
         values = [r.marks[key] for r in runs if key in r.marks]
         if values:
@@ -325,12 +334,13 @@ def _print_table(cache: str, table: dict[str, dict[str, Any]], targets: dict[str
         return "-" if value is None else f"{value:.2f}"
 
     print(f"\ncache: {cache}")
-    print(f"{'variant':<20} {'ready s':>8} {'1st resp s':>11} {'done s':>7} {'self import/load s':>19}")
+    head = f"{'variant':<20} {'ready s':>8} {'1st resp s':>11} {'done s':>7} {'CPU s':>6}"
+    print(f"{head} {'self import/load s':>19}")
     for variant, row in table.items():
         self_split = f"{row['self_import_s']:.2f}/{row['self_load_s']:.2f}" if "self_import_s" in row else "-"
         print(
             f"{variant:<20} {cell(row.get('ready_s')):>8} {cell(row.get('first_response_s')):>11} "
-            f"{cell(row.get('done_s')):>7} {self_split:>19}"
+            f"{cell(row.get('done_s')):>7} {cell(row.get('cpu_s')):>6} {self_split:>19}"
         )
     for key, value in targets.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)

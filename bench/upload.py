@@ -4,8 +4,8 @@ Both upload the same directory to the same local S3 server (moto, in a process o
 neither client shares a process with it), each into a fresh prefix, runs interleaved and medians
 reported. Each variant is a fresh process, start-up and imports included, as a user runs it:
 
-  packager   the store code `packager upload` runs (S3Store.upload: s3transfer, 64 MiB parts,
-             10 concurrent requests, sha256 metadata from the manifest, manifest last)
+  packager   the store code `packager upload` runs (S3Store.upload: s3transfer, 16 MiB parts,
+             10 concurrent requests, CRC32 trailers, sha256 metadata from the manifest, manifest last)
   awscli     aws s3 cp --recursive DIR s3://... with the AWS CLI's defaults (8 MiB parts,
              10 concurrent requests, CRC32 checksums)
   no-op      the packager's store code again on an artifact already in the store: one HEAD

@@ -30,8 +30,8 @@ from worker_runtime import manifest as mf
 
 # The profile that holds the RunPod S3 API key, when the user keeps it apart from their AWS keys.
 RUNPOD_PROFILE = "runpod"
-# RunPod refuses single requests of 500 MB or more; 64 MiB parts are far below that, and the
-# threshold sends anything bigger than one part through multipart.
+# RunPod refuses single requests of 500 MB or more; the store's 16 MiB parts are far below that,
+# and its threshold sends anything bigger than one part through multipart.
 PART_LIMIT = 500 * 1000 * 1000
 SEED_SETTINGS = TransferSettings()
 VOLUME_ENDPOINT_HINT = "volume.datacenter or volume.endpoint_url in the recipe"

@@ -47,14 +47,16 @@ class TransferResult:
 class TransferSettings:
     """How S3 transfers are cut up.
 
-    64 MiB parts keep a multi-GB artifact to a few dozen requests while staying far below every
-    provider's part limit (RunPod's volume API refuses single requests of 500 MB or more). Ten
-    concurrent requests match the AWS CLI's default. Tests shrink the threshold to exercise
-    multipart on small files (S3 itself sets a 5 MiB floor on part size).
+    16 MiB parts measured fastest of 8, 16, 32 and 64 MiB against the local S3 server: big enough
+    that per-request overhead is small, small enough that ten requests keep the link busy to the
+    last byte. Far below every provider's limit (RunPod's volume API refuses single requests of
+    500 MB or more), and a 2 GB UNet is ~100 parts of S3's 10,000. Ten concurrent requests match
+    the AWS CLI's default.
+    Tests shrink the threshold to exercise multipart on small files (S3's floor is 5 MiB a part).
     """
 
-    multipart_threshold: int = 64 * MiB
-    chunk_size: int = 64 * MiB
+    multipart_threshold: int = 16 * MiB
+    chunk_size: int = 16 * MiB
     concurrency: int = 10
 
     def transfer_config(self) -> Any:

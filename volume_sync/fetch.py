@@ -25,9 +25,9 @@ from worker_runtime import manifest as mf
 
 OnBytes = Callable[[int], None]
 Arrivals = Generator[mf.FileEntry, None, None]
-# Big files are fetched as concurrent ranged GETs of this size: fewer, larger requests keep the
-# per-request overhead low on fast links, and a failed range costs little to retry.
-DOWNLOAD_CHUNK = 32 * 1024 * 1024
+# Big files are fetched as concurrent ranged GETs of this size (the store's part size): large enough
+# that per-request overhead is small, small enough that a failed range costs little to retry.
+DOWNLOAD_CHUNK = 16 * 1024 * 1024
 DOWNLOAD_CONCURRENCY = 10
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -108,7 +108,7 @@ def build_sd_pipeline(seed: int = 0, with_safety_checker: bool = True) -> Any:
         feature_extractor=feature_extractor,
         requires_safety_checker=with_safety_checker,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe
 
 

@@ -36,9 +36,12 @@ class Request:
     status: int
 
 
+_OBJECT_OPS = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
+
+
 def _op(method: str, path: str, query: str) -> str:
     q = parse_qs(query, keep_blank_values=True)
-    key = path.strip("/").count("/") >= 1
+    on_object = path.strip("/").count("/") >= 1
     if method == "PUT" and "partNumber" in q:
         return "UploadPart"
     if method == "POST" and "uploads" in q:
@@ -49,15 +52,11 @@ def _op(method: str, path: str, query: str) -> str:
         return "AbortMultipartUpload"
     if method == "GET" and "uploads" in q:
         return "ListMultipartUploads"
-    if method == "GET" and ("list-type" in q or not key):
+    if method == "GET" and ("list-type" in q or not on_object):
         return "ListObjects"
-    return (
-        {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}.get(
-            method, method
-        )
-        if key
-        else f"{method}Bucket"
-    )
+    if on_object:
+        return _OBJECT_OPS.get(method, method)
+    return f"{method}Bucket"  # CreateBucket is PUTBucket; DeleteObjects is POSTBucket
 
 
 @dataclass
