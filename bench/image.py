@@ -155,7 +155,11 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
             key = "push" if version == "v1" else "code_repush"
             out[f"{key}_s"] = time.perf_counter() - started
             out[f"{key}_layers"] = pushed.uploaded_layers
+            if version == "v1":
+                v1_digests = {x.digest for x in built.layers}
             if version == "v2":
+                # What a code-only release moves: the bytes of every layer v1 does not have.
+                out["code_change_bytes"] = sum(x.size for x in built.layers if x.digest not in v1_digests)
                 out["image_bytes"] = built.size
                 out["layers"] = [{"step": x.step, "bytes": x.size} for x in built.layers]
                 out["code_layers_bytes"] = sum(x.size for x in built.layers if x.step in CODE_STEPS)
@@ -218,6 +222,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row["push_layers"] = max(r["push_layers"] for r in mine)
         row["image_bytes"] = mine[-1]["image_bytes"]
         row["code_layers_bytes"] = mine[-1]["code_layers_bytes"]
+        row["code_change_bytes"] = mine[-1]["code_change_bytes"]
         row["layers"] = mine[-1]["layers"]
         row["rebuild_vs_full"] = round(row["code_rebuild_s"] / row["full_build_s"], 3)
         table[layout] = row
@@ -248,6 +253,7 @@ def _print(table: dict[str, Any], meta: dict[str, Any]) -> None:
         "push_s": "push v1, s",
         "code_repush_s": "code-only re-push, s",
         "code_repush_layers": "  layers uploaded",
+        "code_change_bytes": "  bytes in changed layers",
         "pull_s": "pull v1 (deps present), s",
         "code_pull_s": "code-only pull (v1 present), s",
         "rebuild_vs_full": "rebuild / full build",
@@ -255,9 +261,10 @@ def _print(table: dict[str, Any], meta: dict[str, Any]) -> None:
     ratios = table["ratios_layered_vs_single"]
     for key, label in labels.items():
         ratio = ratios.get(key)
-        rows.append(
-            (label, table["layered"][key], table["single"][key], "-" if ratio is None else f"{ratio:.3f}")
-        )
+        mine, theirs = table["layered"][key], table["single"][key]
+        if key.endswith("_bytes"):
+            mine, theirs = human_bytes(mine), human_bytes(theirs)
+        rows.append((label, mine, theirs, "-" if ratio is None else f"{ratio:.3f}"))
     rows.append(
         (
             "image size",

@@ -61,3 +61,7 @@ class DeployError(PackagerError):
 
 class DiskSpaceError(PackagerError):
     """Not enough free disk for the stage about to run."""
+
+
+class WorkerError(PackagerError):
+    """The worker failed to start, or answered a request with an error (serve, smoke)."""

@@ -214,9 +214,9 @@ def _image_stage(
         if engine_error:
             policy = "render"
     if policy != "render":
-        existing = image_build.find_built_image(loaded, artifact_id, mode)
+        existing = image_build.find_built_image(loaded, artifact_id, mode, artifact_uri=artifact_uri)
         if existing is not None:
-            result.image_size, result.image_layers = existing.size, existing.layers
+            result.image_size, result.image_layers = existing.size, len(existing.layers)
             if push and not image_build.is_pushed(existing):
                 image_build.push(existing, quiet=quiet)
                 return "done", f"{tag} pushed (already built)"
@@ -226,8 +226,8 @@ def _image_stage(
     result.context_dir = str(rendered.context_dir)
     if policy == "render":
         return "rendered", f"{rendered.context_dir} (no image built: no Docker engine, or --image render)"
-    built = image_build.build_context(loaded, rendered, artifact_id, mode, push=push, quiet=quiet)
-    result.image_size, result.image_layers, result.image_built = built.size, built.layers, True
+    built = image_build.build_context(loaded, rendered, push=push, quiet=quiet)
+    result.image_size, result.image_layers, result.image_built = built.size, len(built.layers), True
     return "done", f"{tag} built{' and pushed' if built.pushed else ''}"
 
 

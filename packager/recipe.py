@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from packager.errors import RecipeError
+from packager.settings import build_dir
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 HUB_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
@@ -249,14 +250,14 @@ class LoadedRecipe(BaseModel):
     def store_uri(self) -> str:
         """The store as a URI: s3:// as written, a local directory resolved to an absolute path.
 
-        The embedded default (`build/store`) is relative to the working directory, not the recipe,
-        so every recipe shares one local store unless it names its own.
+        The embedded default (`build/store`) lives in the build directory (PACKAGER_BUILD_DIR),
+        not beside the recipe, so every recipe shares one local store unless it names its own.
         """
         uri = self.recipe.store.uri
         if uri.startswith("s3://"):
             return uri
         if uri == DEFAULT_STORE:
-            return str(Path(uri).resolve())
+            return str((build_dir() / "store").resolve())
         return str(self.resolve(uri).resolve())
 
 

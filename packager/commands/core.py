@@ -69,7 +69,7 @@ def convert(recipe_file: str, output: Path | None, verify: bool, frozen: bool, a
 @json_option
 def verify(artifact_dir: Path, as_json: bool) -> None:
     """Check every file of the artifact in DIR against its manifest (sizes and sha256)."""
-    from packager.convert import verify_artifact
+    from packager.verify import verify_artifact
 
     manifest = verify_artifact(artifact_dir, full=True)
     emit(
