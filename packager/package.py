@@ -201,7 +201,7 @@ def _image_stage(
 ) -> tuple[str, str]:
     from packager import build as image_build
     from packager.naming import image_tag
-    from packager.render import render
+    from packager.render import default_context_dir, plan, render
 
     recipe = loaded.recipe
     tag = image_tag(recipe.image.repository, recipe.name, artifact_id, mode)
@@ -221,6 +221,14 @@ def _image_stage(
                 image_build.push(existing, quiet=quiet)
                 return "done", f"{tag} pushed (already built)"
             return "skipped", f"{tag} already built"
+    if policy == "render":
+        # The Dockerfile carries the artifact id and the worker code digest in its labels, so an
+        # identical one means an identical context (contexts are replaced whole, never patched).
+        context = default_context_dir(recipe.name, artifact_id, mode)
+        wanted = plan(loaded, manifest, artifact_id, mode, artifact_uri=artifact_uri).text
+        if (context / "Dockerfile").is_file() and (context / "Dockerfile").read_text() == wanted:
+            result.context_dir = str(context.resolve())
+            return "skipped", f"context {context} up to date (no image built: no Docker engine, or --image render)"
     artifact = artifact_bytes() if mode == "baked" else None
     rendered = render(loaded, artifact, manifest, artifact_id, mode, artifact_uri=artifact_uri)
     result.context_dir = str(rendered.context_dir)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from packager.commands.options import frozen_option, recipe_argument
-from packager.errors import PackagerError
+from packager.errors import WorkerError
 from packager.output import emit, json_option, note
 from packager.recipe import LoadedRecipe, load_recipe
 
@@ -123,13 +123,13 @@ def smoke(
         # Worker output goes to stderr: stdout stays clean for --json.
         proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, check=False)
         if proc.returncode != 0:
-            raise PackagerError(
+            raise WorkerError(
                 f"smoke: the worker for {artifact.name} {artifact.id[:12]} failed (exit {proc.returncode}); "
                 "its error is the line above"
             )
         produced = save_dir / "smoke.png"
         if not produced.is_file():
-            raise PackagerError(f"smoke: the worker answered but wrote no image to {save_dir}")
+            raise WorkerError(f"smoke: the worker answered but wrote no image to {save_dir}")
         answer = json.loads((save_dir / "smoke.json").read_text())
         os.replace(produced, output)
     finally:

@@ -1,0 +1,122 @@
+"""`packager package`: the whole flow, and the second run that moves nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.rig.fixtures_s3 import S3Env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the CLI like a user would, then reports which heavy modules the run imported.
+_PROBE = """
+import sys
+from packager.cli import main
+try:
+    main()
+finally:
+    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+    print("IMPORTED:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+def package(recipe: Path, env: dict[str, str], *args: str) -> tuple[dict, list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, "package", str(recipe), "--json", "--image", "render", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = proc.stderr.strip().splitlines()[-1].removeprefix("IMPORTED:")
+    return json.loads(proc.stdout), [m for m in imported.split(",") if m]
+
+
+def write_recipe(folder: Path, source: Path, s3: S3Env, volume_bucket: str, extra: str = "") -> Path:
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(
+        f"name: tiny\nsource: {{path: {source}}}\n"
+        f"store: {{uri: 's3://{s3.bucket}/models'}}\n"
+        f"volume: {{id: {volume_bucket}, endpoint_url: '{s3.endpoint_url}'}}\n"
+        "components: {drop: [safety_checker, feature_extractor]}\n" + extra
+    )
+    return recipe
+
+
+@pytest.mark.parametrize("mode", ["baked", "volume"])
+def test_second_run_on_an_unchanged_recipe_moves_nothing(
+    s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path, mode: str
+) -> None:
+    source, _ = tiny_build
+    volume = s3.new_bucket(f"vol-{mode}-{tmp_path.name[-8:].lower().replace('_', '-')}")
+    recipe = write_recipe(tmp_path, source, s3, volume)
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
+
+    first, imported = package(recipe, env, "--mode", mode)
+    stages = {s["name"]: s["status"] for s in first["stages"]}
+    assert stages["convert"] == "done" and stages["upload"] == "done"
+    assert "torch" in imported  # the first run really converted
+    prefix = f"models/tiny/{first['artifact_id']}/"
+    assert f"{prefix}manifest.json" in s3.keys(prefix)
+    if mode == "volume":
+        assert stages["volume"] == "done"
+        assert f"models/tiny/{first['artifact_id']}/.ready" in s3.keys("models/", bucket=volume)
+    assert first["bytes_after"] < first["bytes_before"]  # fp32 → fp16
+
+    s3.traffic.reset()
+    second, imported = package(recipe, env, "--mode", mode)
+    assert second["artifact_id"] == first["artifact_id"]
+    assert second["moved_nothing"], second["stages"]
+    assert {s["status"] for s in second["stages"]} <= {"fresh", "skipped"}
+    assert second["bytes_uploaded"] == 0 and second["bytes_downloaded"] == 0
+    assert s3.traffic.bytes_in() == 0
+    assert s3.traffic.count(op="GetObject") == 0
+    # One HEAD for the store's manifest, one for the volume's .ready marker.
+    assert s3.traffic.count() <= (2 if mode == "volume" else 1)
+    assert imported == [], f"a no-op run imported {imported}"
+
+
+def test_changed_setting_makes_a_new_artifact_and_frozen_refuses_drift(
+    s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, _ = tiny_build
+    volume = s3.new_bucket(f"vol-drift-{tmp_path.name[-8:].lower().replace('_', '-')}")
+    recipe = write_recipe(tmp_path, source, s3, volume)
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
+    first, _ = package(recipe, env)
+
+    recipe.write_text(recipe.read_text() + "precision: bf16\n")
+    frozen = subprocess.run(
+        [sys.executable, "-m", "packager", "package", str(recipe), "--frozen", "--image", "render"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert frozen.returncode == 2
+    assert len(frozen.stderr.strip().splitlines()) == 1
+    assert "precision" in frozen.stderr or "settings" in frozen.stderr
+
+    second, _ = package(recipe, env)
+    assert second["artifact_id"] != first["artifact_id"]
+    assert {s["name"]: s["status"] for s in second["stages"]}["convert"] == "done"
+
+
+def test_summary_table_for_people(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path) -> None:
+    source, _ = tiny_build
+    volume = s3.new_bucket(f"vol-table-{tmp_path.name[-8:].lower().replace('_', '-')}")
+    recipe = write_recipe(tmp_path, source, s3, volume)
+    env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
+    package(recipe, env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager", "package", str(recipe), "--image", "render"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for label in ("artifact id", "bytes before → after", "store", "image", "planned cold start"):
+        assert label in proc.stdout
+    assert "nothing moved" in proc.stdout
