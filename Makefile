@@ -11,7 +11,7 @@ MODE ?=
 MODE_FLAG := $(if $(MODE),--mode $(MODE),)
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-e2e test-all lint package package-all serve smoke bench clean
+.PHONY: setup demo test test-e2e test-gpu lint package package-all serve smoke bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: setup
 
 test-e2e: setup
 	$(PY) -m pytest -q -m e2e -p no:cacheprovider tests/e2e
+
+# The GPU tier: run on a machine with CUDA (not part of CI, which has no GPU).
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests/test_worker_gpu.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

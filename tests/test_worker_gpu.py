@@ -17,7 +17,7 @@ def cuda() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
+        pytest.fail("needs CUDA: `make test-gpu` runs this tier on a machine with an NVIDIA GPU")
 
 
 def test_the_worker_serves_from_the_gpu(cuda: None, tmp_path_factory: pytest.TempPathFactory) -> None:
