@@ -14,8 +14,6 @@ from packager.errors import PackagerError
 from packager.recipe import LoadedRecipe, load_recipe
 from packager.settings import build_dir
 
-IMAGE_ARTIFACT_LABEL = "org.packager.artifact-id"
-
 
 def referenced(recipes_dir: Path) -> tuple[list[LoadedRecipe], set[str]]:
     """Every recipe under `recipes_dir` and the artifact ids their locks point at."""
@@ -69,6 +67,7 @@ def collect(recipes_dir: Path, *, dry_run: bool, images: bool) -> list[tuple[str
 
 def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
     from packager.build import engine_problem
+    from packager.render import LABEL_ARTIFACT
 
     if engine_problem():
         return []
@@ -76,8 +75,8 @@ def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
 
     client = docker.from_env()
     removed = []
-    for image in client.images.list(filters={"label": IMAGE_ARTIFACT_LABEL}):
-        artifact_id = (image.labels or {}).get(IMAGE_ARTIFACT_LABEL)
+    for image in client.images.list(filters={"label": LABEL_ARTIFACT}):
+        artifact_id = (image.labels or {}).get(LABEL_ARTIFACT)
         if artifact_id and artifact_id not in keep:
             removed.append(("image", ", ".join(image.tags) or image.short_id))
             if not dry_run:

@@ -128,8 +128,9 @@ def package(
             if found is None and store.has_artifact(recipe.name, artifact_id):
                 from packager.artifact import artifact_dir
 
-                result = store.download(recipe.name, artifact_id, artifact_dir(recipe.name, artifact_id),
-                                        progress=not quiet)
+                result = store.download(
+                    recipe.name, artifact_id, artifact_dir(recipe.name, artifact_id), progress=not quiet
+                )
                 state["downloaded"] = state.get("downloaded", 0) + result.bytes_sent
                 found = local_artifact(recipe.name, artifact_id)
             state["artifact"] = found or ensure_artifact(loaded, lock=lock, quiet=quiet)
@@ -176,7 +177,16 @@ def package(
 
     def image_stage() -> tuple[str, str]:
         return _image_stage(
-            loaded, mode, artifact_id, manifest, artifact_uri, artifact_bytes, push, image_policy, result, quiet
+            loaded,
+            mode,
+            artifact_id,
+            manifest,
+            artifact_uri,
+            artifact_bytes,
+            push,
+            image_policy,
+            result,
+            quiet,
         )
 
     stages.run("image", image_stage)
@@ -228,7 +238,10 @@ def _image_stage(
         wanted = plan(loaded, manifest, artifact_id, mode, artifact_uri=artifact_uri).text
         if (context / "Dockerfile").is_file() and (context / "Dockerfile").read_text() == wanted:
             result.context_dir = str(context.resolve())
-            return "skipped", f"context {context} up to date (no image built: no Docker engine, or --image render)"
+            return (
+                "skipped",
+                f"context {context} up to date (no image built: no Docker engine, or --image render)",
+            )
     artifact = artifact_bytes() if mode == "baked" else None
     rendered = render(loaded, artifact, manifest, artifact_id, mode, artifact_uri=artifact_uri)
     result.context_dir = str(rendered.context_dir)
@@ -258,7 +271,9 @@ def _describe_source(lock: Any) -> str:
     return str(src.get("kind", "local"))
 
 
-def _planned_cold_start(loaded: LoadedRecipe, manifest: mf.Manifest, result: PackageResult) -> dict[str, Any] | None:
+def _planned_cold_start(
+    loaded: LoadedRecipe, manifest: mf.Manifest, result: PackageResult
+) -> dict[str, Any] | None:
     from packager.plan import cold_start_summary
 
     return cold_start_summary(loaded, manifest, image_size=result.image_size, mode=result.mode)

@@ -95,7 +95,11 @@ def test_changed_setting_makes_a_new_artifact_and_frozen_refuses_drift(
     recipe.write_text(recipe.read_text() + "precision: bf16\n")
     frozen = subprocess.run(
         [sys.executable, "-m", "packager", "package", str(recipe), "--frozen", "--image", "render"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert frozen.returncode == 2
     assert len(frozen.stderr.strip().splitlines()) == 1
@@ -114,7 +118,11 @@ def test_summary_table_for_people(s3: S3Env, tiny_build: tuple[Path, Path], tmp_
     package(recipe, env)
     proc = subprocess.run(
         [sys.executable, "-m", "packager", "package", str(recipe), "--image", "render"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     for label in ("artifact id", "bytes before → after", "store", "image", "planned cold start"):

@@ -112,7 +112,7 @@ def test_missing_recipe_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_recipe_fields() -> None:
-    with pytest.raises(RecipeError, match="store.aws_secret_access_key: unknown field"):
+    with pytest.raises(RecipeError, match=r"store\.aws_secret_access_key: unknown field"):
         parse_recipe("name: x\nsource: {path: .}\nstore: {uri: s3://bucket/p, aws_secret_access_key: s}\n")
 
 

@@ -28,8 +28,6 @@ def validate(recipe_file: str, as_json: bool) -> None:
     click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-
-
 @click.command()
 @recipe_argument
 @click.option(

@@ -78,14 +78,18 @@ def summary_table(r: dict[str, Any]) -> str:
         )
         rows.append(("planned cold start", f"{plan.get('total_s', 0):.1f} s ({parts})"))
         rows.append(("  basis", plan.get("basis")))
-    moved = "nothing moved (every stage already done)" if r["moved_nothing"] else (
-        f"uploaded {human_bytes(r['bytes_uploaded'])}, downloaded {human_bytes(r['bytes_downloaded'])}"
+    moved = (
+        "nothing moved (every stage already done)"
+        if r["moved_nothing"]
+        else (f"uploaded {human_bytes(r['bytes_uploaded'])}, downloaded {human_bytes(r['bytes_downloaded'])}")
     )
     rows.append(("this run", moved))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v if v is not None else '-'}" for k, v in rows]
-    stages = grid(["stage", "status", "seconds", "detail"],
-                  [(s["name"], s["status"], f"{s['seconds']:.2f}", s["detail"]) for s in r["stages"]])
+    stages = grid(
+        ["stage", "status", "seconds", "detail"],
+        [(s["name"], s["status"], f"{s['seconds']:.2f}", s["detail"]) for s in r["stages"]],
+    )
     return stages + "\n\n" + "\n".join(lines)
 
 
@@ -94,8 +98,14 @@ def summary_table(r: dict[str, Any]) -> str:
 @mode_option
 @frozen_option
 @click.option("-j", "--jobs", type=int, default=None, help="Recipes packaged at once (default: cores / 2).")
-@click.option("--image", "image_policy", type=click.Choice(["build", "render", "auto"]), default="auto",
-              show_default=True, help="As for `package`.")
+@click.option(
+    "--image",
+    "image_policy",
+    type=click.Choice(["build", "render", "auto"]),
+    default="auto",
+    show_default=True,
+    help="As for `package`.",
+)
 @json_option
 def package_all(
     folder: Path, mode: str | None, frozen: bool, jobs: int | None, image_policy: str, as_json: bool
@@ -122,21 +132,36 @@ def package_all(
         results = list(pool.map(one, recipes))
     failed = [r for r in results if not r["ok"]]
     rows = [
-        (r["recipe"], "ok" if r["ok"] else "FAILED", (r.get("artifact_id") or "")[:12],
-         r.get("image_tag") or "", r.get("error", ""))
+        (
+            r["recipe"],
+            "ok" if r["ok"] else "FAILED",
+            (r.get("artifact_id") or "")[:12],
+            r.get("image_tag") or "",
+            r.get("error", ""),
+        )
         for r in results
     ]
-    emit({"results": results, "failed": len(failed)}, as_json,
-         grid(["recipe", "result", "artifact", "image", "error"], rows))
+    emit(
+        {"results": results, "failed": len(failed)},
+        as_json,
+        grid(["recipe", "result", "artifact", "image", "error"], rows),
+    )
     if failed:
         sys.exit(1)
 
 
 @click.command()
-@click.option("--recipes", "recipes_dir", default="recipes", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the recipes (and their locks) live.")
+@click.option(
+    "--recipes",
+    "recipes_dir",
+    default="recipes",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the recipes (and their locks) live.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
-@click.option("--images/--no-images", default=True, help="Also remove local images of unreferenced artifacts.")
+@click.option(
+    "--images/--no-images", default=True, help="Also remove local images of unreferenced artifacts."
+)
 @json_option
 def gc(recipes_dir: Path, dry_run: bool, images: bool, as_json: bool) -> None:
     """Remove artifacts, store prefixes and local images that no recipe's lock points at."""
