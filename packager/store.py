@@ -493,17 +493,6 @@ def _upload_files(
     if not files:
         return
     from boto3.s3.transfer import create_transfer_manager
-    from s3transfer.subscribers import BaseSubscriber
-
-    class _Progress(BaseSubscriber):  # type: ignore[misc]
-        def __init__(self, size: int) -> None:
-            self.size = size
-
-        def on_queued(self, future: Any, **kwargs: Any) -> None:
-            future.meta.provide_transfer_size(self.size)
-
-        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-            on_bytes(bytes_transferred)
 
     with create_transfer_manager(client, settings.transfer_config()) as manager:
         futures = [
@@ -512,7 +501,7 @@ def _upload_files(
                 bucket,
                 key_prefix + entry.path,
                 extra_args={"Metadata": {"sha256": entry.sha256}},
-                subscribers=[_Progress(entry.size)],
+                subscribers=[fetch.progress_subscriber(entry.size, on_bytes)],
             )
             for entry in files
         ]

@@ -142,18 +142,6 @@ class S3Source:
     def fetch(self, entries: list[mf.FileEntry], staging: Path, on_bytes: OnBytes) -> Arrivals:
         from boto3.s3.transfer import TransferConfig, create_transfer_manager
         from botocore.exceptions import BotoCoreError, ClientError
-        from s3transfer.subscribers import BaseSubscriber
-
-        class _Progress(BaseSubscriber):  # type: ignore[misc]
-            def __init__(self, size: int) -> None:
-                self.size = size
-
-            def on_queued(self, future: Any, **kwargs: Any) -> None:
-                # We know every size from the manifest: saves a HEAD request per file.
-                future.meta.provide_transfer_size(self.size)
-
-            def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-                on_bytes(bytes_transferred)
 
         config = TransferConfig(
             multipart_threshold=self.chunk_size,
@@ -172,7 +160,7 @@ class S3Source:
                             self.bucket,
                             self.key(entry.path),
                             str(target),
-                            subscribers=[_Progress(entry.size)],
+                            subscribers=[progress_subscriber(entry.size, on_bytes)],
                         ),
                     )
                 )
@@ -351,3 +339,20 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def progress_subscriber(size: int, on_bytes: Callable[[int], None]) -> Any:
+    """An s3transfer subscriber that reports bytes as they move and tells the transfer its size.
+
+    We know every size from the manifest, which saves s3transfer a HEAD request per file.
+    """
+    from s3transfer.subscribers import BaseSubscriber
+
+    class _Progress(BaseSubscriber):  # type: ignore[misc]
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)
+
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            on_bytes(bytes_transferred)
+
+    return _Progress()
