@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,76 @@ def test_summary_table_for_people(s3: S3Env, tiny_build: tuple[Path, Path], tmp_
     for label in ("artifact id", "bytes before → after", "store", "image", "planned cold start"):
         assert label in proc.stdout
     assert "nothing moved" in proc.stdout
+
+
+def test_package_all_reports_every_recipe_and_one_failure_does_not_stop_the_others(
+    tiny_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, _ = tiny_build
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "good.yaml").write_text(f"name: good\nsource: {{path: {source}}}\nprecision: fp32\n")
+    (recipes / "broken.yaml").write_text("name: broken\nsource: {path: ./missing}\nprecision: half\n")
+    env = {**os.environ, "PACKAGER_BUILD_DIR": str(tmp_path / "build")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager", "package-all", str(recipes), "--image", "render", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    by_name = {Path(r["recipe"]).name: r for r in data["results"]}
+    assert by_name["good.yaml"]["ok"] and len(by_name["good.yaml"]["artifact_id"]) == 64
+    assert not by_name["broken.yaml"]["ok"]
+    assert "precision: must be one of fp16, bf16, fp32" in by_name["broken.yaml"]["error"]
+    assert data["failed"] == 1
+
+
+def test_gc_removes_what_no_lock_points_at(tiny_build: tuple[Path, Path], tmp_path: Path) -> None:
+    source, _ = tiny_build
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe = recipes / "tiny.yaml"
+    recipe.write_text(f"name: tiny\nsource: {{path: {source}}}\nprecision: fp32\n")
+    env = {**os.environ, "PACKAGER_BUILD_DIR": str(tmp_path / "build")}
+    old, _ = package(recipe, env)
+    recipe.write_text(recipe.read_text().replace("fp32", "bf16"))
+    new, _ = package(recipe, env)
+    artifacts = tmp_path / "build" / "artifacts" / "tiny"
+    store = tmp_path / "build" / "store" / "tiny"
+    assert {p.name for p in artifacts.iterdir()} >= {old["artifact_id"], new["artifact_id"]}
+
+    def gc(*args: str) -> dict:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "packager",
+                "gc",
+                "--recipes",
+                str(recipes),
+                "--no-images",
+                "--json",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    dry = gc("--dry-run")
+    assert {(r["kind"], Path(r["what"]).name) for r in dry["removed"]} == {
+        ("artifact", old["artifact_id"]),
+        ("store", old["artifact_id"]),
+    }
+    assert (artifacts / old["artifact_id"]).exists()  # a dry run removes nothing
+    gc()
+    assert [p.name for p in artifacts.iterdir() if not p.name.startswith(".")] == [new["artifact_id"]]
+    assert [p.name for p in store.iterdir() if not p.name.startswith(".")] == [new["artifact_id"]]
