@@ -8,6 +8,7 @@ is only materialised (converted, or pulled from the store) when a stage needs it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -114,7 +115,7 @@ def package(
         artifact = ensure_artifact(loaded, lock=lock, quiet=quiet)
         state["artifact"] = artifact
         # ensure_artifact records the id in the lock; keep ours in step.
-        state["lock"] = lock.__class__.from_json({**lock.to_json(), "artifact_id": artifact.id})
+        state["lock"] = dataclasses.replace(lock, artifact_id=artifact.id)
         return "done", f"converted to {artifact.id[:12]}"
 
     stages.run("convert", artifact_stage)
