@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy packager worker_runtime volume_sync
-	$(PY) -m packager.lint_dockerfiles
+	$(PY) -m packager.image.lint_dockerfiles
 
 package: setup
 	$(VENV)/bin/packager package $(RECIPE) $(MODE_FLAG)

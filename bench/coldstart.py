@@ -250,9 +250,9 @@ def _run_once(setup: Setup, variant: str) -> Run:
 
 
 def _prepare(tiny: bool, device: str, precision: str, job: dict[str, Any]) -> Setup:
-    from packager.convert import ConvertSettings, convert
+    from artifact_format import manifest as mf
+    from packager.convert.converter import ConvertSettings, convert
     from packager.settings import build_dir
-    from worker_runtime import manifest as mf
 
     work = build_dir().resolve() / "bench" / "coldstart"
     work.mkdir(parents=True, exist_ok=True)

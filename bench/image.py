@@ -45,7 +45,7 @@ CODE_STEPS = ("code", "compile")
 
 
 def _recipe(folder: Path, rig: dict[str, str], repository: str) -> Any:
-    from packager.recipe import load_recipe
+    from packager.source.recipe import load_recipe
 
     path = folder / "bench.yaml"
     path.write_text(
@@ -89,7 +89,7 @@ def _single_layer(rendered: Any) -> Any:
 
 def _code_copy(folder: Path, marker: str) -> None:
     """Point render at a copy of the shipped packages with one line of worker code changed."""
-    from packager import render
+    from packager.image import render
 
     copies = {}
     for package in render.CODE_PACKAGES:
@@ -106,10 +106,10 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
     """One layout, one run, in this process; returns timings and sizes."""
     import docker
 
-    from packager import build as image_build
-    from packager import render
-    from packager.artifact import Artifact
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
+    from packager.image import build as image_build
+    from packager.image import render
+    from packager.pipeline.artifact import Artifact
 
     client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
     manifest = mf.load(artifact_dir)
@@ -183,9 +183,9 @@ def _warm_registry(rig: dict[str, str], artifact_dir: Path) -> None:
     """Build the deps layers once and put them in the registry, so every run's push starts equal."""
     import docker
 
-    from packager import build as image_build
-    from packager import render
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
+    from packager.image import build as image_build
+    from packager.image import render
 
     client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
     with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:

@@ -87,9 +87,9 @@ def _awscli_cmd(uri: str, artifact: Path, endpoint: str) -> list[str]:
 
 def _one(uri: str, artifact: Path) -> None:
     """The child process of the `packager` and `no-op` variants: the store code, as the CLI runs it."""
-    from packager.artifact import Artifact
-    from packager.store import open_store_uri
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
+    from packager.pipeline.artifact import Artifact
+    from packager.store.stores import open_store_uri
 
     manifest = mf.load(artifact)
     loaded = Artifact(name=manifest.name, id=mf.artifact_id_of(artifact), dir=artifact, manifest=manifest)
@@ -110,7 +110,7 @@ def _clear(client: Any, prefix: str) -> None:
 def run(artifact: Path, runs: int, source: str) -> dict[str, Any]:
     import boto3
 
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
 
     manifest = mf.load(artifact)
     artifact_id = mf.artifact_id_of(artifact)

@@ -30,8 +30,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _image_policy() -> str:
     """Build only where an engine answers and the base image is already here (nothing is pulled)."""
-    from packager.build import engine_problem
-    from packager.recipe import load_recipe
+    from packager.image.build import engine_problem
+    from packager.source.recipe import load_recipe
 
     if engine_problem():
         return "render"

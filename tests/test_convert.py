@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from packager.convert import ConvertSettings, convert
+from artifact_format import manifest as mf
+from packager.convert.converter import ConvertSettings, convert
+from packager.convert.verify import verify_artifact
 from packager.errors import ConvertError, VerifyError
-from packager.verify import verify_artifact
 from tests.rig.layouts import add_fp16_variants, shard_bin, to_bin, without_safety_checker
 from tests.rig.models import save_sd_pipeline
-from worker_runtime import manifest as mf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE = {"kind": "path", "path": "tiny"}
@@ -431,7 +431,7 @@ def test_paths_escaping_the_artifact_and_stray_weights_are_refused(sources, tmp_
 
 def test_verify_catches_bytes_that_differ_on_disk(sources, tmp_path, monkeypatch):
     """A write that silently lands wrong bytes (a bad disk, a bug) fails the conversion."""
-    from packager import safetensors_writer
+    from packager.convert import safetensors_writer
 
     real = safetensors_writer._pwrite_all
     corrupted: list[int] = []
@@ -483,8 +483,8 @@ def test_verify_artifact_reports_tampering_in_one_line(sources, tmp_path):
 _KILL_DRIVER = """
 import sys, time
 from pathlib import Path
-from packager import safetensors_writer
-from packager.convert import ConvertSettings, convert
+from packager.convert import safetensors_writer
+from packager.convert.converter import ConvertSettings, convert
 
 real = safetensors_writer.FileWriter._fill_chunk
 def stalled(self, index, buf):

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from packager.convert import ConvertSettings, convert
-from packager.select import select_files
-from packager.verify import verify_artifact
+from packager.convert.converter import ConvertSettings, convert
+from packager.convert.verify import verify_artifact
+from packager.source.select import select_files
 from tests.rig import layouts as L
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"

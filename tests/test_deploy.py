@@ -19,10 +19,10 @@ from graphql import parse_value, value_from_ast_untyped
 from hypothesis import given
 from hypothesis import strategies as st
 
-from packager import naming
-from packager import runpod_api as gql
+from packager.deploy import runpod_api as gql
 from packager.errors import DeployError
-from packager.recipe import load_recipe
+from packager.image import naming
+from packager.source.recipe import load_recipe
 from tests.rig.runpod_api import RunPodStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,7 +369,7 @@ def test_any_string_survives_as_a_graphql_literal(text: str) -> None:
 
 
 def test_cuda_versions_follow_the_base_image_when_the_recipe_names_none(tmp_path: Path) -> None:
-    from packager.deploy import allowed_cuda_versions
+    from packager.deploy.deploy import allowed_cuda_versions
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nsource: {path: m}\nimage: {base: 'python:3.11-slim'}\n")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from packager import lock as lk
 from packager.errors import FetchError
-from packager.fetch import fetch
-from packager.recipe import load_recipe
+from packager.source import lock as lk
+from packager.source.fetch import fetch
+from packager.source.recipe import load_recipe
 from tests.rig import layouts as L
 from tests.rig.fixtures_hub import HUB_TOKEN, run_packager, write_recipe
 from tests.rig.localhub import resolve_url

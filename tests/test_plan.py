@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from packager.cost import CostModel
-from packager.plan import layers_from_history
+from artifact_format import manifest as mf
+from packager.deploy.cost import CostModel
+from packager.deploy.plan import layers_from_history
 from tests.rig.artifacts import make_artifact, tiny_source
-from worker_runtime import manifest as mf
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = {
@@ -222,8 +222,8 @@ def test_docker_history_becomes_layers_oldest_first() -> None:
 
 
 def test_the_package_summary_uses_the_built_image_size(recipe: Path, artifact: Path, bench: Path) -> None:
-    from packager.plan import cold_start_summary
-    from packager.recipe import load_recipe
+    from packager.deploy.plan import cold_start_summary
+    from packager.source.recipe import load_recipe
 
     manifest = mf.load(artifact)
     weights = sum(f.size for f in manifest.weight_files)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from packager import naming, render
-from packager.artifact import Artifact
+from artifact_format import manifest as mf
+from artifact_format.vocab import OWN_LAYER_BYTES
 from packager.errors import ImageError
-from packager.lint_dockerfiles import HADOLINT_ARGS, hadolint_binary
-from packager.lint_dockerfiles import main as lint_main
-from packager.recipe import load_recipe
+from packager.image import naming, render
+from packager.image.lint_dockerfiles import HADOLINT_ARGS, hadolint_binary
+from packager.image.lint_dockerfiles import main as lint_main
+from packager.pipeline.artifact import Artifact
+from packager.source.recipe import load_recipe
 from tests.rig.artifacts import make_artifact, tiny_recipe, tiny_source
-from worker_runtime import manifest as mf
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -101,8 +102,8 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
         tmp_path / "art",
         {
             "unet/diffusion_pytorch_model.safetensors": 80 * MB,
-            "text_encoder/model.safetensors": render.LARGE_FILE_BYTES,  # exactly the threshold: own layer
-            "vae/diffusion_pytorch_model.safetensors": render.LARGE_FILE_BYTES - 1,
+            "text_encoder/model.safetensors": OWN_LAYER_BYTES,  # exactly the threshold: own layer
+            "vae/diffusion_pytorch_model.safetensors": OWN_LAYER_BYTES - 1,
             "model_index.json": 300,
             "unet/config.json": 200,
         },
@@ -451,7 +452,7 @@ def test_hadolint_as_configured_does_report_findings(tmp_path: Path) -> None:
 
 def test_make_lint_entry_point_runs() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "packager.lint_dockerfiles"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "packager.image.lint_dockerfiles"], capture_output=True, text=True, cwd=REPO
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "hadolint: 4 rendered Dockerfiles, no findings"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from artifact_format import manifest as mf
 from packager.errors import VolumeError
-from packager.recipe import load_recipe
-from packager.seed import PART_LIMIT, seed_volume, volume_has_artifact, volume_target
-from packager.store import TransferSettings
+from packager.source.recipe import load_recipe
+from packager.store.seed import PART_LIMIT, seed_volume, volume_has_artifact, volume_target
+from packager.store.stores import TransferSettings
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 from volume_sync.pull import pull
-from worker_runtime import manifest as mf
 
 MiB = 1024 * 1024
 SMALL_PARTS = TransferSettings(multipart_threshold=5 * MiB, chunk_size=5 * MiB, concurrency=4)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from packager.errors import FetchError
-from packager.select import select_files
+from packager.source.select import select_files
 from tests.rig import layouts as L
 
 SD_INDEX = {

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from artifact_format import manifest as mf
 from packager.errors import StoreError, VerifyError
-from packager.store import LocalStore, S3Store, TransferSettings, open_store_uri, split_artifact_uri
+from packager.store.stores import LocalStore, S3Store, TransferSettings, open_store_uri, split_artifact_uri
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
-from worker_runtime import manifest as mf
 
 MiB = 1024 * 1024
 # S3's smallest part is 5 MiB: a 5 MiB threshold makes a 12 MiB artifact's biggest file multipart.
@@ -121,7 +121,7 @@ UPLOADER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from packager.store import TransferSettings, open_store_uri
+    from packager.store.stores import TransferSettings, open_store_uri
     from tests.rig.s3 import load_artifact
 
     settings = TransferSettings(multipart_threshold=5 << 20, chunk_size=5 << 20, concurrency=2)

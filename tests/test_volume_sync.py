@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from packager.store import TransferSettings, open_store_uri
+from artifact_format import manifest as mf
+from packager.store.stores import TransferSettings, open_store_uri
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 from volume_sync.pull import PullError, PullVerifyError, lock_path, pull
-from worker_runtime import manifest as mf
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,18 +362,18 @@ import volume_sync.__main__, volume_sync.pull, volume_sync.verify, volume_sync.p
 volume_sync.s3.make_client(endpoint_url="http://127.0.0.1:9", region="us-east-1")
 boto3_and_its_deps = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six", "certifi",
                       "brotli", "_brotli", "backports"}
-ours = {"volume_sync", "worker_runtime", "__main__", "__mp_main__", "_distutils_hack", "sitecustomize"}
+ours = {"volume_sync", "artifact_format", "__main__", "__mp_main__", "_distutils_hack", "sitecustomize"}
 loaded = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
 print(sorted(loaded - set(sys.stdlib_module_names) - boto3_and_its_deps - ours))
-print(sorted(m for m in sys.modules if m.startswith("worker_runtime.")))
+print(sorted(m for m in sys.modules if m.startswith("worker_runtime")))
 """
 
 
-def test_volume_sync_imports_nothing_but_boto3_and_the_manifest() -> None:
+def test_volume_sync_imports_nothing_but_boto3_and_the_artifact_format() -> None:
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     others, runtime = done.stdout.splitlines()
     assert others == "[]"
-    assert runtime == "['worker_runtime.manifest']"
+    assert runtime == "[]"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.naming import worker_config, worker_env
-from packager.recipe import load_recipe
+from packager.image.naming import worker_config, worker_env
+from packager.source.recipe import load_recipe
 from worker_runtime.config import Defaults, Limits, parse_worker_config, read_settings
 from worker_runtime.errors import StartError
 from worker_runtime.readahead import Readahead

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from artifact_format import manifest as mf
 from tests.rig.artifacts import make_artifact, tiny_source
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.worker import decode_png, run_test_input, start_worker
-from worker_runtime import manifest as mf
 
 
 @pytest.fixture(scope="module")

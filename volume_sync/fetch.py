@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from artifact_format import manifest as mf
 from volume_sync import s3
-from worker_runtime import manifest as mf
 
 OnBytes = Callable[[int], None]
 Arrivals = Generator[mf.FileEntry, None, None]

@@ -15,10 +15,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact_format import manifest as mf
 from volume_sync.lock import is_held
 from volume_sync.pull import DEFAULT_LOCK_STALE_S, is_ready, lock_path
 from volume_sync.verify import artifact_dirs
-from worker_runtime import manifest as mf
 
 
 @dataclass(frozen=True)

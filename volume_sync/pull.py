@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artifact_format import manifest as mf
+from artifact_format.vocab import short_id
 from volume_sync.fetch import FetchError, VerifyFailed, fetch_artifact, open_source, staging_dir
 from volume_sync.lock import VolumeLock, read_holder
-from worker_runtime import manifest as mf
 
 DEFAULT_MOUNT = "/runpod-volume"
 # A holder refreshes its lock every few seconds; one silent for this long has died.
@@ -119,11 +120,11 @@ def _pull_once(
         if deadline is not None and time.monotonic() > deadline:
             raise PullError(
                 f"timed out after {timeout_s:g}s waiting for {who} to finish pulling "
-                f"{name}/{artifact_id[:12]} (its lock: {lock.path}; it goes stale after "
+                f"{name}/{short_id(artifact_id)} (its lock: {lock.path}; it goes stale after "
                 f"{lock_stale_s:g}s without a heartbeat)"
             )
         if not quiet and not said_waiting:
-            _say(f"waiting for {who}, which is pulling {name}/{artifact_id[:12]}")
+            _say(f"waiting for {who}, which is pulling {name}/{short_id(artifact_id)}")
             said_waiting = True
         time.sleep(POLL_S)
 
@@ -160,7 +161,7 @@ def _fetch_locked(
     write_ready(final, artifact_id)
     if not quiet:
         _say(
-            f"pulled {name}/{artifact_id[:12]} to {final}: {result.files_fetched} files "
+            f"pulled {name}/{short_id(artifact_id)} to {final}: {result.files_fetched} files "
             f"({result.bytes_fetched} bytes) fetched, {result.files_kept} kept from an earlier try"
         )
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact_format import manifest as mf
 from volume_sync.pull import is_ready
-from worker_runtime import manifest as mf
 
 
 @dataclass(frozen=True)

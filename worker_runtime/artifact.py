@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker_runtime import manifest as mf
+from artifact_format import manifest as mf
 from worker_runtime.config import Settings
 from worker_runtime.errors import StartError
 

@@ -28,6 +28,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
+from artifact_format.vocab import short_id
 from worker_runtime import artifact, clock, config, encode, generate, imports, load, readahead, requests
 from worker_runtime.errors import RequestError, StartError
 
@@ -75,7 +76,7 @@ except StartError as exc:
 READY_S = clock.since_start(PROCESS_START)
 print(
     f"worker ready: import {IMPORT_S:.2f} s, load {LOAD_S:.2f} s, warmup {WARMUP_S:.2f} s, "
-    f"total {READY_S:.2f} s ({ARTIFACT.manifest.name} {ARTIFACT.artifact_id[:12]}, {LOADED.device} "
+    f"total {READY_S:.2f} s ({ARTIFACT.manifest.name} {short_id(ARTIFACT.artifact_id)}, {LOADED.device} "
     f"{LOADED.precision}"
     + (f", pulled in {ARTIFACT.pulled_s:.1f} s" if ARTIFACT.pulled_s else "")
     + (f", readahead {READAHEAD.bytes_read / 1e6:.0f} MB" if READAHEAD else "")

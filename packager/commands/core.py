@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from artifact_format import manifest as mf
 from packager.commands.options import frozen_option, recipe_argument
 from packager.output import emit, json_option
-from packager.recipe import dump_normalised, load_recipe
-from worker_runtime import manifest as mf
+from packager.source.recipe import dump_normalised, load_recipe
 
 
 @click.command()
@@ -42,7 +42,7 @@ def validate(recipe_file: str, as_json: bool) -> None:
 @json_option
 def convert(recipe_file: str, output: Path | None, verify: bool, frozen: bool, as_json: bool) -> None:
     """Convert RECIPE's weights into a verified, content-addressed artifact."""
-    from packager.artifact import convert_to, ensure_artifact
+    from packager.pipeline.artifact import convert_to, ensure_artifact
 
     loaded = load_recipe(recipe_file)
     if output is None:
@@ -67,7 +67,7 @@ def convert(recipe_file: str, output: Path | None, verify: bool, frozen: bool, a
 @json_option
 def verify(artifact_dir: Path, as_json: bool) -> None:
     """Check every file of the artifact in DIR against its manifest (sizes and sha256)."""
-    from packager.verify import verify_artifact
+    from packager.convert.verify import verify_artifact
 
     manifest = verify_artifact(artifact_dir, full=True)
     emit(

@@ -10,8 +10,8 @@ from packager.commands.options import mode_option, recipe_argument
 from packager.output import emit, grid, json_option, warn
 
 if TYPE_CHECKING:
-    from packager.deploy import Mode
-    from packager.recipe import LoadedRecipe
+    from artifact_format.vocab import Mode
+    from packager.source.recipe import LoadedRecipe
 
 
 @click.command()
@@ -50,10 +50,10 @@ def deploy(
     new image updates the template in place. Secrets go in as RunPod secret references
     (`deploy.secrets`), never as values.
     """
-    from packager import deploy as dep
+    from packager.deploy import deploy as dep
     from packager.errors import DeployError
-    from packager.recipe import load_recipe
     from packager.settings import runpod_api_key
+    from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     chosen = cast("Mode", mode or loaded.recipe.mode)
@@ -98,8 +98,8 @@ def deploy(
 
 
 def _known_artifact_id(loaded: LoadedRecipe) -> str:
-    from packager.artifact import known_artifact_id
     from packager.errors import DeployError
+    from packager.pipeline.artifact import known_artifact_id
 
     found = known_artifact_id(loaded)
     if not found:

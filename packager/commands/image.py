@@ -16,10 +16,10 @@ from packager.commands.options import frozen_option, mode_option, recipe_argumen
 from packager.output import emit, grid, human_bytes, json_option
 
 if TYPE_CHECKING:
-    from packager.artifact import Artifact
-    from packager.naming import Mode
-    from packager.recipe import LoadedRecipe
-    from worker_runtime.manifest import Manifest
+    from artifact_format.manifest import Manifest
+    from artifact_format.vocab import Mode
+    from packager.pipeline.artifact import Artifact
+    from packager.source.recipe import LoadedRecipe
 
 base_image_option = click.option(
     "--base-image",
@@ -66,8 +66,8 @@ def render_command(
     Dockerfile orders layers so that a code change rebuilds only the last ones. Build it yourself
     with `docker build --build-arg BASE_IMAGE=... DIR`, or let `packager build` do it.
     """
-    from packager.recipe import load_recipe
-    from packager.render import render
+    from packager.image.render import render
+    from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     chosen = cast("Mode", mode or loaded.recipe.mode)
@@ -145,10 +145,10 @@ def build_command(
     with that tag whose labels carry the same artifact id and worker code is reused, not rebuilt.
     Registry credentials come from your docker config (`docker login`), never from the recipe.
     """
-    from packager.artifact import known_artifact_id
-    from packager.build import build, connect, find_built_image
-    from packager.build import push as push_image
-    from packager.recipe import load_recipe
+    from packager.image.build import build, connect, find_built_image
+    from packager.image.build import push as push_image
+    from packager.pipeline.artifact import known_artifact_id
+    from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     chosen = cast("Mode", mode or loaded.recipe.mode)
@@ -201,9 +201,9 @@ def _artifact(
 ) -> tuple[Artifact | None, Manifest, str]:
     """(artifact on disk or None, manifest, id). Volume mode reads the manifest where it is cheapest:
     the local artifact, else the store; it converts only when neither has it."""
-    from packager.artifact import ensure_artifact, known_artifact_id, local_artifact
     from packager.errors import PackagerError
-    from packager.store import open_store
+    from packager.pipeline.artifact import ensure_artifact, known_artifact_id, local_artifact
+    from packager.store.stores import open_store
 
     if mode == "volume":
         known = known_artifact_id(loaded, frozen=frozen)

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from artifact_format.vocab import short_id
 from packager.commands.options import frozen_option, mode_option, recipe_argument
 from packager.output import emit, grid, human_bytes, json_option
-from packager.recipe import load_recipe
+from packager.source.recipe import load_recipe
 
 
 @click.command()
@@ -39,7 +40,7 @@ def package(
     lock → fetch → convert → upload → baked: render + build (+ push) / volume: seed + slim image.
     A second run on an unchanged recipe moves no bytes and says so.
     """
-    from packager.package import package as run_package
+    from packager.pipeline.package import package as run_package
 
     loaded = load_recipe(recipe_file)
     result = run_package(
@@ -135,7 +136,7 @@ def package_all(
         (
             r["recipe"],
             "ok" if r["ok"] else "FAILED",
-            (r.get("artifact_id") or "")[:12],
+            short_id(r.get("artifact_id") or ""),
             r.get("image_tag") or "",
             r.get("error", ""),
         )
@@ -165,7 +166,7 @@ def package_all(
 @json_option
 def gc(recipes_dir: Path, dry_run: bool, images: bool, as_json: bool) -> None:
     """Remove artifacts, store prefixes and local images that no recipe's lock points at."""
-    from packager.gc import collect
+    from packager.pipeline.gc import collect
 
     removed = collect(recipes_dir, dry_run=dry_run, images=images)
     verb = "would remove" if dry_run else "removed"

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from packager import cost as costs
-from packager import plan as planning
+from artifact_format.vocab import short_id
 from packager.commands.options import recipe_argument
+from packager.deploy import cost as costs
+from packager.deploy import plan as planning
 from packager.output import emit, grid, human_bytes, json_option, warn
 
 if TYPE_CHECKING:
-    from packager.recipe import LoadedRecipe
-    from worker_runtime.manifest import Manifest
+    from artifact_format.manifest import Manifest
+    from packager.source.recipe import LoadedRecipe
 
 _positive = click.FloatRange(min=0, min_open=True)
 
@@ -105,7 +106,7 @@ def plan(
     it) and times come from the worker benchmark on this machine; whatever is assumed instead says
     so. Cost follows requests/day × seconds × $/s (serverless) against $/h × 24 × 30 (always-on).
     """
-    from packager.recipe import load_recipe
+    from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     folder, manifest, artifact_id = _artifact(loaded, artifact_path)
@@ -133,11 +134,11 @@ def plan(
 
 
 def _artifact(loaded: LoadedRecipe, given: Path | None) -> tuple[Path, Manifest, str]:
+    from artifact_format import manifest as mf
     from packager.errors import LockError, VerifyError
-    from worker_runtime import manifest as mf
 
     if given is None:
-        from packager.artifact import artifact_dir, known_artifact_id
+        from packager.pipeline.artifact import artifact_dir, known_artifact_id
 
         known = known_artifact_id(loaded)
         if not known:
@@ -235,7 +236,7 @@ def _text(data: dict[str, Any], modes: dict[planning.Mode, planning.ModePlan]) -
         "so serverless is cheaper at any load"
     )
     header = (
-        f"{data['recipe']}: artifact {data['artifact_id'][:12]} ({data['precision']}), "
+        f"{data['recipe']}: artifact {short_id(data['artifact_id'])} ({data['precision']}), "
         f"{human_bytes(data['weights_bytes'])} of weights in {data['weight_files']} files"
     )
     parts = [

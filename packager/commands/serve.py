@@ -19,18 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from artifact_format.vocab import short_id
 from packager.commands.options import frozen_option, recipe_argument
 from packager.errors import WorkerError
 from packager.output import emit, json_option, note
-from packager.recipe import LoadedRecipe, load_recipe
+from packager.source.recipe import LoadedRecipe, load_recipe
 
 if TYPE_CHECKING:
-    from packager.artifact import Artifact
+    from packager.pipeline.artifact import Artifact
 
 
 def _worker_env(loaded: LoadedRecipe, *, frozen: bool, quiet: bool) -> tuple[dict[str, str], Artifact]:
-    from packager.artifact import ensure_artifact
-    from packager.naming import worker_env
+    from packager.image.naming import worker_env
+    from packager.pipeline.artifact import ensure_artifact
 
     artifact = ensure_artifact(loaded, frozen=frozen, quiet=quiet)
     env = {**os.environ, **worker_env(loaded, artifact.id, "baked")}
@@ -63,7 +64,7 @@ def serve(recipe_file: str, port: int, host: str, frozen: bool) -> None:
     loaded = load_recipe(recipe_file)
     env, artifact = _worker_env(loaded, frozen=frozen, quiet=False)
     note(
-        f"serving {artifact.name} {artifact.id[:12]} on http://{host}:{port} once loaded "
+        f"serving {artifact.name} {short_id(artifact.id)} on http://{host}:{port} once loaded "
         f'(POST /runsync with {{"input": {{...}}}}; API docs at /)'
     )
     cmd = [sys.executable, "-m", "worker_runtime", "--rp_serve_api", "--rp_api_host", host]
@@ -124,8 +125,8 @@ def smoke(
         proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, check=False)
         if proc.returncode != 0:
             raise WorkerError(
-                f"smoke: the worker for {artifact.name} {artifact.id[:12]} failed (exit {proc.returncode}); "
-                "its error is the line above"
+                f"smoke: the worker for {artifact.name} {short_id(artifact.id)} failed "
+                f"(exit {proc.returncode}); its error is the line above"
             )
         produced = save_dir / "smoke.png"
         if not produced.is_file():

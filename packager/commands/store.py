@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from artifact_format.vocab import short_id
 from packager.commands.options import frozen_option, recipe_argument
 from packager.errors import StoreError
 from packager.output import emit, human_bytes, json_option, progress_enabled
@@ -27,9 +28,9 @@ def upload(recipe_file: str, frozen: bool, as_json: bool) -> None:
     Files already in the store are skipped, the manifest goes last, and an artifact that is already
     complete there costs one request. Credentials come from boto3 (AWS_* variables or a profile).
     """
-    from packager.artifact import ensure_artifact, known_artifact_id
-    from packager.recipe import load_recipe
-    from packager.store import TransferResult, open_store
+    from packager.pipeline.artifact import ensure_artifact, known_artifact_id
+    from packager.source.recipe import load_recipe
+    from packager.store.stores import TransferResult, open_store
 
     loaded = load_recipe(recipe_file)
     store = open_store(loaded)
@@ -58,11 +59,11 @@ def pull(source: str, dest: Path, as_json: bool) -> None:
     becomes the artifact directory itself. Files are staged beside it and renamed into place when
     all of them check out; a pull that stops part way resumes from the files already verified.
     """
-    from packager.store import open_store, open_store_uri, split_artifact_uri
+    from packager.store.stores import open_store, open_store_uri, split_artifact_uri
 
     if _is_recipe(source):
-        from packager.artifact import known_artifact_id
-        from packager.recipe import load_recipe
+        from packager.pipeline.artifact import known_artifact_id
+        from packager.source.recipe import load_recipe
 
         loaded = load_recipe(source)
         artifact_id = known_artifact_id(loaded)
@@ -91,9 +92,16 @@ def seed(recipe_file: str, frozen: bool, as_json: bool) -> None:
     to models/<name>/<artifact-id>/ with `.ready` written last. Keys: RunPod's "S3 API key", from
     the AWS profile `runpod` when it exists, else from boto3's usual chain (AWS_ACCESS_KEY_ID ...).
     """
-    from packager.artifact import ensure_artifact, known_artifact_id
-    from packager.recipe import load_recipe
-    from packager.seed import SeedResult, check_volume, is_seeded, seed_volume, volume_client, volume_target
+    from packager.pipeline.artifact import ensure_artifact, known_artifact_id
+    from packager.source.recipe import load_recipe
+    from packager.store.seed import (
+        SeedResult,
+        check_volume,
+        is_seeded,
+        seed_volume,
+        volume_client,
+        volume_target,
+    )
 
     loaded = load_recipe(recipe_file)
     target = volume_target(loaded)
@@ -101,7 +109,7 @@ def seed(recipe_file: str, frozen: bool, as_json: bool) -> None:
     name = loaded.recipe.name
     known = known_artifact_id(loaded, frozen=frozen)
     if known and is_seeded(client, target, name, known):
-        from worker_runtime import manifest as mf
+        from artifact_format import manifest as mf
 
         result = SeedResult(
             target.volume_id,
@@ -134,7 +142,7 @@ def _report(verb: str, name: str, artifact_id: str, data: dict[str, Any], as_jso
         emit(data, True)
         return
     where = data.get("path_on_volume") or data["uri"]
-    short = f"{name}/{artifact_id[:12]}"
+    short = f"{name}/{short_id(artifact_id)}"
     if data["skipped_whole"]:
         text = f"{short}: already complete at {data['uri']} (nothing sent)"
     else:

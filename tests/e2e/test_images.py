@@ -27,13 +27,14 @@ from typing import Any
 
 import pytest
 
-from packager import build as image_build
-from packager import render
-from packager.artifact import Artifact
-from packager.recipe import LoadedRecipe, load_recipe
+from artifact_format import manifest as mf
+from artifact_format.vocab import OWN_LAYER_BYTES
+from packager.image import build as image_build
+from packager.image import render
+from packager.pipeline.artifact import Artifact
+from packager.source.recipe import LoadedRecipe, load_recipe
 from tests.rig.artifacts import make_artifact, tiny_recipe, tiny_source
 from tests.rig.docker_env import DockerRig
-from worker_runtime import manifest as mf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -43,7 +44,7 @@ JOB = {"input": {"prompt": "a red fox in the snow", "num_inference_steps": 2, "s
 # A file above the one-layer-per-file threshold, so that path is proven on a real engine too. The
 # tiny model's own weights are a few MB; diffusers ignores a folder model_index.json does not name.
 PADDING = "extras/padding.bin"
-PADDING_BYTES = render.LARGE_FILE_BYTES + 1024 * 1024
+PADDING_BYTES = OWN_LAYER_BYTES + 1024 * 1024
 WEIGHT_STEPS = ("requirements", "pip install", f"weights {PADDING}", "small files", "manifest")
 CODE_STEPS = ("code", "compile")
 

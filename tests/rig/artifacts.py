@@ -32,9 +32,9 @@ def tiny_recipe(folder: Path, source: Path, name: str = "tiny", extra: str = "")
 def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path, str]:
     """The artifact `packager convert` makes of `source` (fp32, the precision a CPU serves in),
     without the safety checker, at `out_dir`. Returns (artifact_dir, artifact_id); cached."""
-    from packager.convert import ConvertSettings, convert
-    from packager.lock import select_local
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
+    from packager.convert.converter import ConvertSettings, convert
+    from packager.source.lock import select_local
 
     if (out_dir / mf.MANIFEST_NAME).exists():
         return out_dir, mf.artifact_id_of(out_dir)

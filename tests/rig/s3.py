@@ -210,7 +210,7 @@ def synthetic_artifact(
     For transfer tests and benchmarks, which care about sizes and file counts, not about tensors.
     Returns (artifact_dir, artifact_id).
     """
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
 
     rng = random.Random(seed)
     entries = []
@@ -230,7 +230,7 @@ def synthetic_artifact(
 
 
 def _write_random(folder: Path, rel: str, size: int, rng: random.Random) -> Any:
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
 
     path = folder / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +247,8 @@ def _write_random(folder: Path, rel: str, size: int, rng: random.Random) -> Any:
 
 def load_artifact(folder: Path) -> Any:
     """A `packager.artifact.Artifact` for an artifact directory (its manifest says the rest)."""
-    from packager.artifact import Artifact
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
+    from packager.pipeline.artifact import Artifact
 
     manifest = mf.load(folder)
     return Artifact(name=manifest.name, id=mf.artifact_id_of(folder), dir=folder, manifest=manifest)

@@ -7,19 +7,18 @@ image a build pushes and the image a deploy points at from ever disagreeing.
 from __future__ import annotations
 
 import json
-from typing import Literal
 
-from packager.recipe import LoadedRecipe
-from worker_runtime import manifest as mf
+from artifact_format import manifest as mf
+from artifact_format.vocab import Mode, short_id
+from packager.source.recipe import LoadedRecipe
 
-Mode = Literal["baked", "volume"]
 # Inside baked images the artifact lives here; on a volume it lives under <mount>/models/.
 BAKED_MODEL_DIR = "/models/artifact"
 
 
 def image_tag(repository: str, name: str, artifact_id: str, mode: Mode) -> str:
     """`<repository>:<name>-<id[:12]>-<mode>`: one tag per artifact and mode, reused by endpoints."""
-    return f"{repository}:{name}-{artifact_id[: mf.SHORT_ID_LEN]}-{mode}"
+    return f"{repository}:{name}-{short_id(artifact_id)}-{mode}"
 
 
 def model_dir(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> str:

@@ -11,13 +11,13 @@ import shutil
 from pathlib import Path
 
 from packager.errors import PackagerError
-from packager.recipe import LoadedRecipe, load_recipe
 from packager.settings import build_dir
+from packager.source.recipe import LoadedRecipe, load_recipe
 
 
 def referenced(recipes_dir: Path) -> tuple[list[LoadedRecipe], set[str]]:
     """Every recipe under `recipes_dir` and the artifact ids their locks point at."""
-    from packager.lock import read_lock
+    from packager.source.lock import read_lock
 
     loaded: list[LoadedRecipe] = []
     ids: set[str] = set()
@@ -34,7 +34,7 @@ def referenced(recipes_dir: Path) -> tuple[list[LoadedRecipe], set[str]]:
 
 
 def collect(recipes_dir: Path, *, dry_run: bool, images: bool) -> list[tuple[str, str]]:
-    from packager.store import open_store
+    from packager.store.stores import open_store
 
     recipes, keep = referenced(recipes_dir)
     removed: list[tuple[str, str]] = []
@@ -66,8 +66,8 @@ def collect(recipes_dir: Path, *, dry_run: bool, images: bool) -> list[tuple[str
 
 
 def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
-    from packager.build import engine_problem
-    from packager.render import LABEL_ARTIFACT
+    from packager.image.build import engine_problem
+    from packager.image.render import LABEL_ARTIFACT
 
     if engine_problem():
         return []

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from packager.artifact import Artifact, ensure_artifact, local_artifact
+from artifact_format import manifest as mf
+from artifact_format.vocab import Mode, short_id
 from packager.errors import ImageError
 from packager.output import note
-from packager.recipe import LoadedRecipe
-from worker_runtime import manifest as mf
+from packager.pipeline.artifact import Artifact, ensure_artifact, local_artifact
+from packager.source.recipe import LoadedRecipe
 
-Mode = Literal["baked", "volume"]
 ImagePolicy = Literal["build", "render", "auto"]
 
 
@@ -89,8 +89,8 @@ def package(
     image_policy: ImagePolicy = "build",
 ) -> PackageResult:
     """Lock → fetch → convert → upload → image (baked) or volume + slim image, skipping what exists."""
-    from packager.lock import ensure_lock
-    from packager.store import open_store
+    from packager.source.lock import ensure_lock
+    from packager.store.stores import open_store
 
     recipe = loaded.recipe
     mode = mode or recipe.mode
@@ -109,14 +109,14 @@ def package(
     def artifact_stage() -> tuple[str, str]:
         artifact_id = lock.artifact_id
         if artifact_id and local_artifact(recipe.name, artifact_id):
-            return "skipped", f"artifact {artifact_id[:12]} on local disk"
+            return "skipped", f"artifact {short_id(artifact_id)} on local disk"
         if artifact_id and store.has_artifact(recipe.name, artifact_id):
-            return "skipped", f"artifact {artifact_id[:12]} in the store"
+            return "skipped", f"artifact {short_id(artifact_id)} in the store"
         artifact = ensure_artifact(loaded, lock=lock, quiet=quiet)
         state["artifact"] = artifact
         # ensure_artifact records the id in the lock; keep ours in step.
         state["lock"] = dataclasses.replace(lock, artifact_id=artifact.id)
-        return "done", f"converted to {artifact.id[:12]}"
+        return "done", f"converted to {short_id(artifact.id)}"
 
     stages.run("convert", artifact_stage)
     lock = state["lock"]
@@ -127,7 +127,7 @@ def package(
         if "artifact" not in state:
             found = local_artifact(recipe.name, artifact_id)
             if found is None and store.has_artifact(recipe.name, artifact_id):
-                from packager.artifact import artifact_dir
+                from packager.pipeline.artifact import artifact_dir
 
                 result = store.download(
                     recipe.name, artifact_id, artifact_dir(recipe.name, artifact_id), progress=not quiet
@@ -162,7 +162,7 @@ def package(
     )
 
     if mode == "volume":
-        from packager.seed import seed_volume, volume_has_artifact
+        from packager.store.seed import seed_volume, volume_has_artifact
 
         def seed_stage() -> tuple[str, str]:
             result.volume_path = str(mf.volume_path(recipe.volume.mount, recipe.name, artifact_id))
@@ -210,9 +210,9 @@ def _image_stage(
     result: PackageResult,
     quiet: bool,
 ) -> tuple[str, str]:
-    from packager import build as image_build
-    from packager.naming import image_tag
-    from packager.render import default_context_dir, plan, render
+    from packager.image import build as image_build
+    from packager.image.naming import image_tag
+    from packager.image.render import default_context_dir, plan, render
 
     recipe = loaded.recipe
     tag = image_tag(recipe.image.repository, recipe.name, artifact_id, mode)
@@ -261,7 +261,7 @@ def _manifest(state: dict[str, Any], store: Any, name: str, artifact_id: str) ->
         return found.manifest
     manifest = store.read_manifest(name, artifact_id)
     if manifest is None:  # pragma: no cover - has_artifact said yes a moment ago
-        raise ImageError(f"the store lost artifact {artifact_id[:12]} while packaging")
+        raise ImageError(f"the store lost artifact {short_id(artifact_id)} while packaging")
     return manifest
 
 
@@ -275,6 +275,6 @@ def _describe_source(lock: Any) -> str:
 def _planned_cold_start(
     loaded: LoadedRecipe, manifest: mf.Manifest, result: PackageResult
 ) -> dict[str, Any] | None:
-    from packager.plan import cold_start_summary
+    from packager.deploy.plan import cold_start_summary
 
     return cold_start_summary(loaded, manifest, image_size=result.image_size, mode=result.mode)

@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from packager import s3
-from packager.artifact import Artifact
+from artifact_format import manifest as mf
+from artifact_format.vocab import short_id
 from packager.errors import PackagerError, StoreError, VerifyError
-from packager.recipe import LoadedRecipe
+from packager.pipeline.artifact import Artifact
+from packager.source.recipe import LoadedRecipe
+from packager.store import client as s3
 from volume_sync import fetch
-from worker_runtime import manifest as mf
 
 MiB = 1024 * 1024
 
@@ -518,7 +519,7 @@ def _local_manifest_bytes(artifact: Artifact) -> bytes:
         raise VerifyError(f"{artifact.dir}: not a complete artifact: {exc}") from None
     if hashlib.sha256(data).hexdigest() != artifact.id:
         raise VerifyError(
-            f"{artifact.dir / mf.MANIFEST_NAME}: does not hash to the artifact id {artifact.id[:12]}"
+            f"{artifact.dir / mf.MANIFEST_NAME}: does not hash to the artifact id {short_id(artifact.id)}"
         )
     return data
 
@@ -542,14 +543,14 @@ def _download(
                 manifest = mf.check(dest)
             except mf.ManifestError as exc:
                 raise VerifyError(
-                    f"{dest}: holds artifact {artifact_id[:12]} but {exc}; remove it and pull again"
+                    f"{dest}: holds artifact {short_id(artifact_id)} but {exc}; remove it and pull again"
                 ) from None
             return TransferResult(str(dest), 0, len(manifest.files), 0, skipped_whole=True)
         if dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
         else:
             raise StoreError(
-                f"{dest}: exists and is not artifact {artifact_id[:12]}; remove it or pull elsewhere"
+                f"{dest}: exists and is not artifact {short_id(artifact_id)}; remove it or pull elsewhere"
             )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _bar(0, f"pull {name}", progress) as bar:

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from artifact_format import manifest as mf
 from packager.disk import require_free
 from packager.errors import LockError
 from packager.output import note
-from packager.recipe import LoadedRecipe
 from packager.settings import build_dir
-from worker_runtime import manifest as mf
+from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.lock import Lock
+    from packager.source.lock import Lock
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def known_artifact_id(loaded: LoadedRecipe, *, frozen: bool = False) -> str | No
     None when the lock is missing, stale, or has never been converted. With `frozen`, a missing or
     stale lock is an error instead.
     """
-    from packager.lock import drift, read_lock
+    from packager.source.lock import drift, read_lock
 
     lock = read_lock(loaded)
     if lock is None:
@@ -79,7 +79,7 @@ def ensure_artifact(
     verify: bool = True,
 ) -> Artifact:
     """The recipe's artifact on local disk, locking, fetching and converting only what is missing."""
-    from packager.lock import ensure_lock
+    from packager.source.lock import ensure_lock
 
     lock = lock or ensure_lock(loaded, frozen=frozen, quiet=quiet)
     name = loaded.recipe.name
@@ -97,7 +97,7 @@ def convert_to(
     verify: bool = True,
 ) -> Artifact:
     """`packager convert -o DIR`: convert exactly into DIR, whatever is cached elsewhere."""
-    from packager.lock import ensure_lock
+    from packager.source.lock import ensure_lock
 
     lock = ensure_lock(loaded, frozen=frozen, quiet=quiet)
     return _convert(loaded, lock, out_dir=out_dir, quiet=quiet, verify=verify)
@@ -115,9 +115,9 @@ def source_info(lock: Lock) -> dict[str, Any]:
 def _convert(
     loaded: LoadedRecipe, lock: Lock, *, out_dir: Path | None, quiet: bool, verify: bool
 ) -> Artifact:
-    from packager.convert import ConvertSettings, convert
-    from packager.fetch import fetch
-    from packager.lock import record_artifact_id
+    from packager.convert.converter import ConvertSettings, convert
+    from packager.source.fetch import fetch
+    from packager.source.lock import record_artifact_id
 
     recipe = loaded.recipe
     source_bytes = sum(int(e["size"]) for e in lock.files.values())

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from packager import hub
-from packager.convert import CONVERTER_VERSION
+from artifact_format.manifest import ManifestError, canonical_json, safe_relpath, sha256_file
+from artifact_format.vocab import MODEL_INDEX
+from packager.convert.converter import CONVERTER_VERSION
 from packager.errors import FetchError, LockError, RecipeError
-from packager.recipe import HUB_REPO_RE, LoadedRecipe
-from packager.select import MODEL_INDEX, select_files
 from packager.settings import secret_values
-from worker_runtime.manifest import ManifestError, canonical_json, safe_relpath, sha256_file
+from packager.source import hub
+from packager.source.recipe import HUB_REPO_RE, LoadedRecipe
+from packager.source.select import select_files
 
 LOCK_VERSION = 1
 # Stat-cache key of a single-file checkpoint (never a repo-relative path: those have no `<`).

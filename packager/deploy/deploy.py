@@ -16,13 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from packager import naming, runpod_api
+from artifact_format import manifest as mf
+from artifact_format.vocab import Mode
+from packager.deploy import runpod_api
 from packager.errors import DeployError, RecipeError
-from packager.recipe import LoadedRecipe
+from packager.image import naming
 from packager.settings import SECRET_ENV_VARS, secret_values
-from worker_runtime import manifest as mf
+from packager.source.recipe import LoadedRecipe
 
-Mode = Literal["baked", "volume"]
 Action = Literal["created", "updated", "unchanged"]
 
 # CUDA versions RunPod hosts advertise (the endpoint's "allowed CUDA versions" choices). A worker

@@ -22,14 +22,12 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from artifact_format.vocab import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
+from packager.convert.tensor_reader import TensorSet, load_checkpoint_state
 from packager.errors import ConvertError
-from packager.tensor_reader import TensorSet, load_checkpoint_state
 
 if TYPE_CHECKING:
     import torch
-
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-TRANSFORMERS_WEIGHTS = "model.safetensors"
 
 
 def checkpoint_components(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from artifact_format.vocab import Mode, Precision
 from packager.errors import RecipeError
 from packager.settings import build_dir
 
@@ -25,9 +26,6 @@ DEFAULT_STORE = "build/store"
 # worker layer stays small. Users override it with `image.base` or BASE_IMAGE.
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
 DEFAULT_MOUNT = "/runpod-volume"
-
-Precision = Literal["fp16", "bf16", "fp32"]
-Mode = Literal["baked", "volume"]
 
 
 class _Strict(BaseModel):

@@ -21,12 +21,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from packager import s3
-from packager.artifact import Artifact
+from artifact_format import manifest as mf
 from packager.errors import VolumeError
-from packager.recipe import LoadedRecipe
-from packager.store import TransferSettings, put_artifact
-from worker_runtime import manifest as mf
+from packager.pipeline.artifact import Artifact
+from packager.source.recipe import LoadedRecipe
+from packager.store import client as s3
+from packager.store.stores import TransferSettings, put_artifact
 
 # The profile that holds the RunPod S3 API key, when the user keeps it apart from their AWS keys.
 RUNPOD_PROFILE = "runpod"

@@ -40,10 +40,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from artifact_format import manifest as mf
+from artifact_format.vocab import (
+    DIFFUSERS_WEIGHTS,
+    INDEX_RE,
+    MODEL_INDEX,
+    PRECISIONS,
+    SCHEDULER_CONFIG,
+    TRANSFORMERS_WEIGHTS,
+    WEIGHTS_RE,
+    Precision,
+)
+from packager.convert.safetensors_writer import (
+    Engine,
+    Entry,
+    FileWriter,
+    Layout,
+    dtype_code,
+    dtype_label,
+    layout,
+)
+from packager.convert.tensor_reader import TensorSet, open_tensors, read_shard_index
 from packager.errors import ConvertError
-from packager.safetensors_writer import Engine, Entry, FileWriter, Layout, dtype_code, dtype_label, layout
-from packager.tensor_reader import TensorSet, open_tensors, read_shard_index
-from worker_runtime import manifest as mf
 
 if TYPE_CHECKING:
     import torch
@@ -52,30 +70,12 @@ if TYPE_CHECKING:
 # lock's fingerprint, so a new converter invalidates old locks as surely as a new source does.
 CONVERTER_VERSION = "1"
 
-Precision = Literal["fp16", "bf16", "fp32"]
 Fp16Overflow = Literal["fail", "keep_fp32"]
-PRECISIONS = ("fp16", "bf16", "fp32")
-MODEL_INDEX = "model_index.json"
-SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-TRANSFORMERS_WEIGHTS = "model.safetensors"
 _OUT_NAME = {
     "diffusion_pytorch_model": DIFFUSERS_WEIGHTS,
     "pytorch_model": TRANSFORMERS_WEIGHTS,
     "model": TRANSFORMERS_WEIGHTS,
 }
-# The names diffusers and transformers write: `model.safetensors`, `model.fp16.safetensors`,
-# `model-00001-of-00002.safetensors`, `model.fp16-00001-of-00002.safetensors`, and the legacy
-# variant spellings `model-00001-of-00002.fp16.safetensors` / `model.fp16.safetensors.index.json`.
-_STEM = r"(?P<stem>diffusion_pytorch_model|pytorch_model|model)"
-_WEIGHTS_RE = re.compile(
-    rf"^{_STEM}(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d{{5}}-of-\d{{5}})?(?:\.(?P<legacy>[A-Za-z0-9_]+))?"
-    r"\.(?P<fmt>safetensors|bin)$"
-)
-_INDEX_RE = re.compile(
-    rf"^{_STEM}(?:\.(?P<legacy>[A-Za-z0-9_]+))?\.(?P<fmt>safetensors|bin)\.index"
-    r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
-)
 # Weight formats we never copy into an artifact: anything else with these suffixes is a mistake
 # upstream (a root checkpoint, an ONNX export) and would bloat the image by gigabytes.
 _FOREIGN_WEIGHTS = (
@@ -346,7 +346,7 @@ def _write_artifact(
     entries: list[mf.FileEntry] = []
     try:
         if checkpoint is not None:
-            from packager.singlefile import checkpoint_components
+            from packager.convert.singlefile import checkpoint_components
 
             from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped)
             for comp, (tensors, out_name) in from_ckpt.items():
@@ -405,7 +405,7 @@ def _classify(rels: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     plain: list[str] = []
     for rel in rels:
         folder, _, base = rel.rpartition("/")
-        if _WEIGHTS_RE.match(base) or _INDEX_RE.match(base):
+        if WEIGHTS_RE.match(base) or INDEX_RE.match(base):
             if not folder:
                 raise ConvertError(f"{rel}: weights at the top of the repo belong to no component")
             groups.setdefault(folder, []).append(rel)
@@ -424,7 +424,7 @@ def _pick_weights(folder: str, rels: list[str], src_root: Path) -> tuple[str, li
     sets: dict[tuple[str, str | None, str], dict[str, list[str]]] = {}
     for rel in rels:
         base = rel.rpartition("/")[2]
-        m = _WEIGHTS_RE.match(base) or _INDEX_RE.match(base)
+        m = WEIGHTS_RE.match(base) or INDEX_RE.match(base)
         assert m is not None
         key = (m["stem"], m["variant"] or m["legacy"], m["fmt"])
         kind = "index" if base.endswith(".json") else "weights"
@@ -520,7 +520,7 @@ class _FlatSource:
 def _run_jobs(
     jobs: list[_WeightsJob], tmp: Path, settings: ConvertSettings, verify: bool, workers: int, progress: bool
 ) -> list[mf.FileEntry]:
-    from packager.verify import ReadBack
+    from packager.convert.verify import ReadBack
 
     # Largest first: its hash is the longest sequential task, so it should start first.
     jobs = sorted(jobs, key=lambda j: (-j.size_hint, j.out_rel))

@@ -27,25 +27,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from artifact_format.vocab import INDEX_RE, MODEL_INDEX, WEIGHTS_RE
 from packager.errors import FetchError
 
-MODEL_INDEX = "model_index.json"
 # Files of a component that are not weights but are needed to load it.
 CONFIG_SUFFIXES = (".json", ".txt", ".model")
-_STEMS = r"(?:diffusion_pytorch_model|model|pytorch_model)"
-_SHARD = r"-\d{5}-of-\d{5}"
-# `model.safetensors`, `model.fp16.safetensors`, `model-00001-of-00002.safetensors`,
-# `model.fp16-00001-of-00002.safetensors`, legacy `model-00001-of-00002.fp16.safetensors`
-_WEIGHT_RE = re.compile(
-    rf"^{_STEMS}(?:\.(?P<variant>[A-Za-z0-9_]+))?(?P<shard>{_SHARD})?(?:\.(?P<legacy>[A-Za-z0-9_]+))?"
-    r"\.(?P<fmt>safetensors|bin)$"
-)
-# `model.safetensors.index.json`, `model.safetensors.index.fp16.json`,
-# legacy `model.fp16.safetensors.index.json`
-_INDEX_RE = re.compile(
-    rf"^{_STEMS}(?:\.(?P<legacy>[A-Za-z0-9_]+))?\.(?P<fmt>safetensors|bin)\.index"
-    r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
-)
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -113,7 +99,7 @@ def select_files(
                 f"{MODEL_INDEX} names component {component!r} but there is no {component}/ folder"
                 f" (drop it with components.drop: [{component}])"
             )
-        configs = [n for n in names if n.endswith(CONFIG_SUFFIXES) and not _INDEX_RE.match(n)]
+        configs = [n for n in names if n.endswith(CONFIG_SUFFIXES) and not INDEX_RE.match(n)]
         selected += [f"{component}/{n}" for n in configs]
         if weights:
             chosen, note = _weights_of(component, names, variant)
@@ -148,11 +134,11 @@ def _weights_of(component: str, names: list[str], variant: str | None) -> tuple[
 
 
 def _parse_weight(path: str, name: str) -> _Weight | None:
-    if m := _WEIGHT_RE.match(name):
+    if m := WEIGHTS_RE.match(name):
         if m["variant"] and m["legacy"]:
             return None
         return _Weight(path, m["fmt"], m["variant"] or m["legacy"], bool(m["shard"]), False)
-    if m := _INDEX_RE.match(name):
+    if m := INDEX_RE.match(name):
         if m["variant"] and m["legacy"]:
             return None
         return _Weight(path, m["fmt"], m["variant"] or m["legacy"], True, True)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packager import hub
+from artifact_format.manifest import ManifestError, safe_relpath, sha256_file
 from packager.errors import FetchError
-from packager.lock import CHECKPOINT_KEY, Lock, config_source
-from packager.recipe import LoadedRecipe
-from worker_runtime.manifest import ManifestError, safe_relpath, sha256_file
+from packager.source import hub
+from packager.source.lock import CHECKPOINT_KEY, Lock, config_source
+from packager.source.recipe import LoadedRecipe
 
 
 @dataclass

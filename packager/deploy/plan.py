@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from packager import naming
-from packager.recipe import LoadedRecipe
-from worker_runtime import manifest as mf
+from artifact_format import manifest as mf
+from artifact_format.vocab import OWN_LAYER_BYTES, Mode
+from packager.image import naming
+from packager.source.recipe import LoadedRecipe
 
-Mode = Literal["baked", "volume"]
 MODES: tuple[Mode, ...] = ("baked", "volume")
 
 MB = 1_000_000
@@ -34,8 +34,6 @@ LOCAL_DISK_MBS = 1000.0
 # about 3 GB compressed on Docker Hub) plus the worker's Python packages. Used only when no local
 # image or base image can be measured; --base-image-bytes replaces it.
 DEFAULT_BASE_BYTES = 3_500_000_000
-# The baked Dockerfile gives every file this size or larger its own layer (issue 6 layout).
-OWN_LAYER_BYTES = 64 * MB
 # When no benchmark results exist: the unavoidable imports (torch, the pipeline class, runpod)
 # measured in bare processes were about 5 s together on the 2-core dev machine; pipeline
 # construction from local safetensors is assumed at 1.5 s per GB of weights.

@@ -17,9 +17,9 @@ import ctypes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from artifact_format import manifest as mf
+from packager.convert.safetensors_writer import Entry, Layout, dtype_code, dtype_label, read_header
 from packager.errors import VerifyError
-from packager.safetensors_writer import Entry, Layout, dtype_code, dtype_label, read_header
-from worker_runtime import manifest as mf
 
 if TYPE_CHECKING:
     import torch

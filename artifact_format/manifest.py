@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifact_format.vocab import ARTIFACT_ID_LEN
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Written after the manifest on a network volume, where a directory cannot be renamed into place
 # atomically over the S3 API: an artifact on a volume is complete only when this file exists.
 READY_MARKER = ".ready"
-ARTIFACT_ID_LEN = 64
-SHORT_ID_LEN = 12
 # Where artifacts live on a RunPod network volume, relative to its mount point.
 VOLUME_MODELS_DIR = "models"
 

@@ -25,24 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from packager import naming
+from artifact_format import manifest as mf
+from artifact_format.vocab import OWN_LAYER_BYTES, Mode, short_id
 from packager.errors import ImageError
-from packager.naming import Mode
-from packager.recipe import LoadedRecipe
+from packager.image import naming
 from packager.settings import build_dir, secret_values
-from worker_runtime import manifest as mf
+from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.artifact import Artifact
+    from packager.pipeline.artifact import Artifact
 
-# A file this large gets a COPY (so a layer) of its own: a registry pushes and a host pulls layers
-# in parallel and caches them one by one, so one layer per big weight file lets two artifacts that
-# share a VAE share its layer, and keeps a layer small enough to retry. Below it, configs and
-# tokenizer files go together in one layer: a layer per 1 KB json would only add round trips.
-LARGE_FILE_BYTES = 64 * 1024 * 1024
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "dockerfiles"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "dockerfiles"
 # The packages that ship in the image, copied beside each other under /opt/worker.
-CODE_PACKAGES = ("worker_runtime", "volume_sync")
+CODE_PACKAGES = ("artifact_format", "worker_runtime", "volume_sync")
 # Non-root users in the container must read everything; nothing in the image needs to be writable.
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -147,7 +142,7 @@ def worker_code_digest() -> str:
     """
     h = hashlib.sha256()
     files = _code_files() + [(f"dockerfiles/{p.name}", p) for p in sorted(TEMPLATES_DIR.glob("*.j2"))]
-    files.append(("packager/render.py", Path(__file__)))
+    files.append(("packager/image/render.py", Path(__file__)))
     for rel, path in files:
         data = path.read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
@@ -274,7 +269,7 @@ def identity(
 
 def default_artifact_uri(loaded: LoadedRecipe, artifact_id: str) -> str:
     """Where a volume-mode worker pulls from: the artifact's place in the recipe's store."""
-    from packager.store import open_store
+    from packager.store.stores import open_store
 
     return open_store(loaded).artifact_uri(loaded.recipe.name, artifact_id)
 
@@ -293,8 +288,8 @@ def plan(
     _check_find_links(pip_find_links)
     ident = identity(loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image)
     image = loaded.recipe.image
-    large = tuple(sorted(f.path for f in manifest.files if f.size >= LARGE_FILE_BYTES))
-    small = tuple(sorted(f.path for f in manifest.files if f.size < LARGE_FILE_BYTES))
+    large = tuple(sorted(f.path for f in manifest.files if f.size >= OWN_LAYER_BYTES))
+    small = tuple(sorted(f.path for f in manifest.files if f.size < OWN_LAYER_BYTES))
     model_dir = naming.BAKED_MODEL_DIR
     steps = list(STEP_DEPS)
     if mode == "baked":
@@ -347,7 +342,7 @@ def plan(
 
 
 def default_context_dir(name: str, artifact_id: str, mode: Mode) -> Path:
-    return build_dir() / "contexts" / name / f"{artifact_id[: mf.SHORT_ID_LEN]}-{mode}"
+    return build_dir() / "contexts" / name / f"{short_id(artifact_id)}-{mode}"
 
 
 def render(
@@ -453,7 +448,7 @@ def _check_artifact(artifact_dir: Path, manifest: mf.Manifest, artifact_id: str)
     except FileNotFoundError:
         raise ImageError(f"{artifact_dir}: no manifest (the artifact is missing or incomplete)") from None
     if on_disk != artifact_id:
-        raise ImageError(f"{artifact_dir}: holds artifact {on_disk[:12]}, not {artifact_id[:12]}")
+        raise ImageError(f"{artifact_dir}: holds artifact {short_id(on_disk)}, not {short_id(artifact_id)}")
     try:
         mf.check(artifact_dir, manifest)
     except mf.ManifestError as exc:

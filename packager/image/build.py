@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from artifact_format import manifest as mf
+from artifact_format.vocab import Mode, short_id
 from packager.errors import ImageError
-from packager.naming import Mode
-from packager.recipe import LoadedRecipe
-from packager.render import (
+from packager.image.render import (
     CONTEXT_MTIME,
     LABEL_LAYERS,
     RenderResult,
@@ -31,10 +31,10 @@ from packager.render import (
     render,
     worker_code_digest,
 )
-from worker_runtime import manifest as mf
+from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.artifact import Artifact
+    from packager.pipeline.artifact import Artifact
 
 __all__ = [
     "BuildResult",
@@ -185,7 +185,9 @@ def build(
             loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image, client=client
         )
         if found is not None:
-            say(f"{found.tag} is up to date (artifact {artifact_id[:12]}, same worker code): not rebuilt")
+            say(
+                f"{found.tag} is up to date (artifact {short_id(artifact_id)}, same worker code): not rebuilt"
+            )
             if push:
                 found = _push_all(client, found, say)
             return replace(found, seconds=time.monotonic() - started)

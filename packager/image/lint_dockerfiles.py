@@ -13,9 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from packager.recipe import LoadedRecipe, parse_recipe
-from packager.render import LARGE_FILE_BYTES, plan
-from worker_runtime import manifest as mf
+from artifact_format import manifest as mf
+from artifact_format.vocab import OWN_LAYER_BYTES
+from packager.image.render import plan
+from packager.source.recipe import LoadedRecipe, parse_recipe
 
 # Every rule applies to our output as it is; none is switched off.
 HADOLINT_ARGS = ("--no-color", "--failure-threshold", "info")
@@ -30,7 +31,7 @@ worker: {{defaults: {{negative_prompt: "it's \\"quoted\\" and $dollared"}}}}
 
 def sample_manifest() -> mf.Manifest:
     """An artifact shaped like a real one: two large weight files, one small one, configs."""
-    big, small = LARGE_FILE_BYTES * 2, 1024
+    big, small = OWN_LAYER_BYTES * 2, 1024
 
     def entry(path: str, size: int, weights: bool) -> mf.FileEntry:
         return mf.FileEntry(path, size, "0" * 64, 10 if weights else None, "float16" if weights else None)
