@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from packager.errors import FetchError
+from packager.source import drift as dr
 from packager.source import lock as lk
 from packager.source.fetch import fetch
 from packager.source.recipe import load_recipe
@@ -29,7 +30,7 @@ def hub_recipe(folder: Path, repo: str, extra: str = "", revision: str = "main")
 
 def fetch_recipe(recipe: Path, quiet: bool = True):
     loaded = load_recipe(recipe)
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     return lock, fetch(loaded, lock, quiet=quiet)
 
 
@@ -122,7 +123,7 @@ def test_frozen_fetch_needs_a_fresh_lock(hub, hub_env, tmp_path):
     missing = run_packager("fetch", str(recipe), "--frozen", env=hub_env)
     assert missing.returncode == 2 and "no lock (--frozen)" in missing.stderr
     assert not recipe.with_suffix(".lock").exists() and hub.files_sent(L.SD_FP16_BRANCH) == {}
-    lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     recipe.write_text(recipe.read_text() + "precision: bf16\n")
     drifted = run_packager("fetch", str(recipe), "--frozen", env=hub_env)
     assert drifted.returncode == 2
@@ -134,7 +135,7 @@ def test_frozen_fetch_needs_a_fresh_lock(hub, hub_env, tmp_path):
 
 def test_a_file_that_does_not_match_the_lock_is_refused_and_evicted(hub, tmp_path):
     loaded = load_recipe(hub_recipe(tmp_path, L.SD_FP16_BRANCH))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     rel = "unet/diffusion_pytorch_model.safetensors"
     files = {**lock.files, rel: {**lock.files[rel], "sha256": "0" * 64}}
     bad = lk.Lock(**{**lock.__dict__, "files": files})
@@ -157,7 +158,7 @@ def test_file_names_escaping_the_target_are_refused(hub, hub_env, hub_layouts, t
     assert "model_index.json: unsafe component name '../../outside'" in result.stderr
 
     loaded = load_recipe(hub_recipe(tmp_path / "b", L.SD_FP16_BRANCH))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     evil = lk.Lock(
         **{**lock.__dict__, "files": {**lock.files, "/etc/passwd": {"size": 1, "sha256": "0" * 64}}}
     )
@@ -169,7 +170,7 @@ def test_local_path_source_is_used_in_place(hub_layouts, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(hub_layouts[L.SD_FP16_BRANCH].folder, folder)
     loaded = load_recipe(write_recipe(tmp_path, "name: local\nsource:\n  path: model\n"))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     result = fetch(loaded, lock, quiet=True)
     assert result.root == folder.resolve() and result.bytes_downloaded == 0 and result.checkpoint is None
     assert "unet/diffusion_pytorch_model.safetensors" in result.files and "README.md" not in result.files

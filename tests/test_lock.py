@@ -13,6 +13,8 @@ import pytest
 
 from packager.convert.converter import CONVERTER_VERSION
 from packager.errors import FetchError, LockError
+from packager.source import drift as dr
+from packager.source import local_folder
 from packager.source import lock as lk
 from packager.source.recipe import load_recipe
 from tests.rig import layouts as L
@@ -36,7 +38,7 @@ def test_lock_resolves_branch_tag_and_short_sha_to_the_full_commit(hub, tmp_path
     head = hub.head(L.SD_FP16_BRANCH, branch)
     rev = head[:7] if revision == "short-sha" else revision
     recipe = hub_recipe(tmp_path, L.SD_FP16_BRANCH, rev)
-    lock = lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    lock = dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     assert lock.commit == head and len(head) == 40
     assert lock.source == {
         "kind": "hub",
@@ -54,7 +56,7 @@ def test_lock_records_every_needed_file_with_its_sha256(hub, hub_layouts, tmp_pa
     recipe = hub_recipe(
         tmp_path, L.PORTRAITPLUS, extra="precision: bf16\ncomponents:\n  drop: [safety_checker]\n"
     )
-    lock = lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    lock = dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     folder = hub_layouts[L.PORTRAITPLUS].folder
     assert "unet/diffusion_pytorch_model.bin" in lock.files
     assert not any(f.startswith(("portrait+", "safety_checker/", "README")) for f in lock.files)
@@ -92,7 +94,7 @@ def test_check_names_a_moved_branch(hub, hub_env, tmp_path):
     repo = f"tiny/moving-{tmp_path.name}"[:60]
     hub.fork_repo(L.SD_FP16_BRANCH, repo)
     recipe = hub_recipe(tmp_path, repo)
-    lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     old = hub.head(repo)
     new = hub.commit(repo, {"unet/config.json": b'{"changed": true}\n'}, message="retrain")
     check = run_packager("lock", str(recipe), "--check", env=hub_env)
@@ -106,7 +108,7 @@ def test_check_names_a_moved_branch(hub, hub_env, tmp_path):
 
 def test_check_names_a_changed_recipe_setting(hub, hub_env, tmp_path):
     recipe = hub_recipe(tmp_path, L.SD_BIN)
-    lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     recipe.write_text(recipe.read_text() + "precision: bf16\ncomponents:\n  drop: [safety_checker]\n")
     check = run_packager("lock", str(recipe), "--check", "--json", env=hub_env)
     assert check.returncode == 1
@@ -120,7 +122,7 @@ def test_check_names_changed_local_files(hub_layouts, tmp_path):
     shutil.copytree(hub_layouts[L.SD_FP16_BRANCH].folder, folder)
     recipe = write_recipe(tmp_path, "name: local\nsource:\n  path: ./model\n", "local")
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    lk.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
+    dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
@@ -142,15 +144,15 @@ def test_touched_local_files_are_not_drift_and_are_not_hashed_again(hub_layouts,
     folder = tmp_path / "model"
     shutil.copytree(hub_layouts[L.SD_FP16_BRANCH].folder, folder)
     loaded = load_recipe(write_recipe(tmp_path, "name: local\nsource:\n  path: model\n"))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert set(lock.stat_cache) == set(lock.files)
     text = loaded.lock_path.read_text()
     assert str(tmp_path) not in text and str(folder) not in text  # no machine paths in the lock
 
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))
-    assert lk.drift(loaded, lock) == []
-    refreshed = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    assert dr.drift(loaded, lock) == []
+    refreshed = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert refreshed.fingerprint == lock.fingerprint
     assert (
         refreshed.stat_cache["unet/diffusion_pytorch_model.safetensors"]["mtime_ns"]
@@ -158,9 +160,9 @@ def test_touched_local_files_are_not_drift_and_are_not_hashed_again(hub_layouts,
     )
 
     hashed = []
-    real = lk.sha256_file
-    monkeypatch.setattr(lk, "sha256_file", lambda p: hashed.append(p) or real(p))
-    assert lk.drift(loaded, lk.read_lock(loaded)) == []
+    real = local_folder.sha256_file
+    monkeypatch.setattr(local_folder, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert dr.drift(loaded, lk.read_lock(loaded)) == []
     assert lk.build_lock(loaded, quiet=True).fingerprint == lock.fingerprint
     assert hashed == []  # the stat cache answered for every file
 
@@ -169,30 +171,30 @@ def test_ensure_lock_relocks_with_a_warning_and_frozen_refuses(hub, tmp_path, ca
     recipe = hub_recipe(tmp_path, L.SD_BIN)
     loaded = load_recipe(recipe)
     with pytest.raises(LockError, match=r"no lock \(--frozen\): run `packager lock"):
-        lk.ensure_lock(loaded, frozen=True, quiet=True)
-    first = lk.ensure_lock(loaded, frozen=False, quiet=False)
+        dr.ensure_lock(loaded, frozen=True, quiet=True)
+    first = dr.ensure_lock(loaded, frozen=False, quiet=False)
     assert "locked model" in capsys.readouterr().err
-    assert lk.ensure_lock(loaded, frozen=True, quiet=True) == first
+    assert dr.ensure_lock(loaded, frozen=True, quiet=True) == first
 
     recipe.write_text(recipe.read_text() + "precision: fp32\n")
     loaded = load_recipe(recipe)
     with pytest.raises(
         LockError, match=r"out of date \(--frozen\): recipe changed: precision 'fp16' → 'fp32'"
     ):
-        lk.ensure_lock(loaded, frozen=True, quiet=True)
+        dr.ensure_lock(loaded, frozen=True, quiet=True)
     assert lk.read_lock(loaded) == first  # --frozen writes nothing
-    second = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    second = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert "warning:" in capsys.readouterr().err
     assert second.settings["precision"] == "fp32" and second.fingerprint != first.fingerprint
 
 
 def test_artifact_id_is_recorded_outside_the_fingerprint(hub, tmp_path):
     loaded = load_recipe(hub_recipe(tmp_path, L.SD_BIN))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     artifact = "ab" * 32
     recorded = lk.record_artifact_id(loaded, lock, artifact)
     assert lk.read_lock(loaded) == recorded and recorded.artifact_id == artifact
-    assert recorded.fingerprint == lock.fingerprint and lk.drift(loaded, recorded) == []
+    assert recorded.fingerprint == lock.fingerprint and dr.drift(loaded, recorded) == []
     assert lk.build_lock(loaded, quiet=True).artifact_id == artifact  # same fingerprint: kept
     with pytest.raises(LockError, match="not an artifact id"):
         lk.record_artifact_id(loaded, lock, "nope")
@@ -200,11 +202,11 @@ def test_artifact_id_is_recorded_outside_the_fingerprint(hub, tmp_path):
 
 def test_a_hand_edited_or_broken_lock_is_reported(hub, tmp_path):
     loaded = load_recipe(hub_recipe(tmp_path, L.SD_BIN))
-    lk.ensure_lock(loaded, frozen=False, quiet=True)
+    dr.ensure_lock(loaded, frozen=False, quiet=True)
     data = json.loads(loaded.lock_path.read_text())
     data["files"]["unet/config.json"]["size"] += 1
     loaded.lock_path.write_text(json.dumps(data))
-    assert lk.drift(loaded, lk.read_lock(loaded)) == [
+    assert dr.drift(loaded, lk.read_lock(loaded)) == [
         "the lock was edited (its fingerprint does not match its content)"
     ]
     data["files"]["../../etc/passwd"] = data["files"].pop("unet/config.json")
@@ -213,8 +215,8 @@ def test_a_hand_edited_or_broken_lock_is_reported(hub, tmp_path):
         lk.read_lock(loaded)
     loaded.lock_path.write_text("{not json")
     with pytest.raises(LockError, match=r"model\.lock:1: not valid JSON"):
-        lk.ensure_lock(loaded, frozen=True, quiet=True)
-    assert lk.ensure_lock(loaded, frozen=False, quiet=True).commit == hub.head(L.SD_BIN)
+        dr.ensure_lock(loaded, frozen=True, quiet=True)
+    assert dr.ensure_lock(loaded, frozen=False, quiet=True).commit == hub.head(L.SD_BIN)
 
 
 def closed_port() -> int:
@@ -278,7 +280,7 @@ def test_single_file_checkpoint_with_a_local_config(hub_layouts, tmp_path):
     loaded = load_recipe(
         write_recipe(tmp_path, "name: civitai\nsource:\n  file: model.ckpt\n  config: ./config\n")
     )
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert lock.source == {
         "kind": "file",
         "checkpoint": {
@@ -292,14 +294,14 @@ def test_single_file_checkpoint_with_a_local_config(hub_layouts, tmp_path):
     assert not any(f.endswith((".safetensors", ".bin")) for f in lock.files)
     with open(tmp_path / "model.ckpt", "ab") as fh:
         fh.write(b"\0")
-    assert lk.drift(loaded, lock) == ["checkpoint changed: model.ckpt"]
+    assert dr.drift(loaded, lock) == ["checkpoint changed: model.ckpt"]
 
 
 def test_url_checkpoint_with_a_hub_config(hub, hub_layouts, tmp_path):
     url = resolve_url(hub.url, L.SD_ORIGINAL, L.SINGLE_FILE_SAFETENSORS)
     body = f"name: civitai\nsource:\n  url: {url}\n  config: {L.SD_CONFIG}\n"
     loaded = load_recipe(write_recipe(tmp_path, body))
-    lock = lk.ensure_lock(loaded, frozen=False, quiet=True)
+    lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     want = sha256(hub_layouts[L.SD_ORIGINAL].folder / L.SINGLE_FILE_SAFETENSORS)
     assert lock.source["checkpoint"]["sha256"] == want
     assert lock.source["config"] == {

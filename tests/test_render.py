@@ -197,7 +197,7 @@ def test_everything_in_the_context_is_readable_by_any_user(
         p.relative_to(result.context_dir / "code").as_posix()
         for p in (result.context_dir / "code").rglob("*.py")
     }
-    assert {"worker_runtime/manifest.py", "worker_runtime/__main__.py", "volume_sync/__main__.py"} <= shipped
+    assert {"artifact_format/manifest.py", "worker_runtime/__main__.py", "volume_sync/__main__.py"} <= shipped
     assert not list((result.context_dir / "code").rglob("__pycache__")), "host bytecode must not ship"
 
 

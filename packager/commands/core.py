@@ -42,11 +42,11 @@ def validate(recipe_file: str, as_json: bool) -> None:
 @json_option
 def convert(recipe_file: str, output: Path | None, verify: bool, frozen: bool, as_json: bool) -> None:
     """Convert RECIPE's weights into a verified, content-addressed artifact."""
-    from packager.pipeline.artifact import convert_to, ensure_artifact
+    from packager.pipeline.artifact import convert_to, materialise
 
     loaded = load_recipe(recipe_file)
     if output is None:
-        artifact = ensure_artifact(loaded, frozen=frozen, quiet=as_json, verify=verify)
+        artifact = materialise(loaded, frozen=frozen, quiet=as_json, verify=verify)
     else:
         artifact = convert_to(loaded, output, frozen=frozen, quiet=as_json, verify=verify)
     emit(

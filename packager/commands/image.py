@@ -8,7 +8,7 @@ never the weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -16,10 +16,7 @@ from packager.commands.options import frozen_option, mode_option, recipe_argumen
 from packager.output import emit, grid, human_bytes, json_option
 
 if TYPE_CHECKING:
-    from artifact_format.manifest import Manifest
     from artifact_format.vocab import Mode
-    from packager.pipeline.artifact import Artifact
-    from packager.source.recipe import LoadedRecipe
 
 base_image_option = click.option(
     "--base-image",
@@ -66,22 +63,25 @@ def render_command(
     Dockerfile orders layers so that a code change rebuilds only the last ones. Build it yourself
     with `docker build --build-arg BASE_IMAGE=... DIR`, or let `packager build` do it.
     """
-    from packager.image.render import render
+    from packager.pipeline.run import ImageOptions, Run
+    from packager.pipeline.stages import ensure_image, ensure_lock
     from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     chosen = cast("Mode", mode or loaded.recipe.mode)
-    artifact, manifest, artifact_id = _artifact(loaded, chosen, frozen=frozen, quiet=as_json)
-    result = render(
-        loaded,
-        artifact,
-        manifest,
-        artifact_id,
-        chosen,
-        out_dir,
+    options = ImageOptions(
+        policy="render",
         base_image=base_image,
         pip_find_links=pip_find_links,
+        out_dir=out_dir,
+        fresh_context=True,
     )
+    run = Run(loaded, chosen, frozen=frozen, quiet=as_json, image=options)
+    ensure_lock(run)
+    ensure_image(run)
+    result = run.rendered
+    assert result is not None  # fresh_context: always rendered
+    artifact_id = run.artifact_id
     data = {
         "name": loaded.recipe.name,
         "mode": chosen,
@@ -145,39 +145,27 @@ def build_command(
     with that tag whose labels carry the same artifact id and worker code is reused, not rebuilt.
     Registry credentials come from your docker config (`docker login`), never from the recipe.
     """
-    from packager.image.build import build, connect, find_built_image
-    from packager.image.build import push as push_image
-    from packager.pipeline.artifact import known_artifact_id
+    from packager.pipeline.run import ImageOptions, Run
+    from packager.pipeline.stages import ensure_image, ensure_lock
     from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
-    chosen = cast("Mode", mode or loaded.recipe.mode)
-    push = loaded.recipe.image.push if push is None else push
-    client = connect()  # fail in a second, before any conversion, when there is no engine
-    known = known_artifact_id(loaded, frozen=frozen)
-    found = None
-    if known and not no_cache:
-        found = find_built_image(loaded, known, chosen, base_image=base_image, client=client)
-    if found is not None:
-        if not quiet:
-            click.echo(f"{found.tag} is up to date: not rebuilt", err=True)
-        result = push_image(found, quiet=quiet, client=client) if push else found
-    else:
-        artifact, manifest, artifact_id = _artifact(loaded, chosen, frozen=frozen, quiet=as_json or quiet)
-        result = build(
-            loaded,
-            artifact,
-            manifest,
-            artifact_id,
-            chosen,
-            push=push,
-            base_image=base_image,
-            pip_find_links=pip_find_links,
-            network=network,
-            no_cache=no_cache,
-            quiet=quiet,
-            client=client,
-        )
+    options = ImageOptions(
+        policy="build",
+        push=push,
+        base_image=base_image,
+        pip_find_links=pip_find_links,
+        network=network,
+        no_cache=no_cache,
+        quiet_build=quiet,
+    )
+    run = Run(loaded, cast("Mode", mode or loaded.recipe.mode), frozen=frozen, quiet=as_json, image=options)
+    ensure_lock(run)
+    outcome = ensure_image(run)
+    result = run.built
+    assert result is not None  # the build policy builds or finds the image, or raises
+    if outcome.moved_nothing and not quiet:
+        click.echo(f"{result.tag} is up to date: not rebuilt", err=True)
     rows = [(x.step, human_bytes(x.size), x.digest[:19]) for x in result.layers]
     pushed = (
         f"yes ({result.uploaded_layers} layers uploaded, the rest already there)" if result.pushed else "no"
@@ -194,32 +182,6 @@ def build_command(
         ]
     )
     emit(result.to_json(), as_json, text)
-
-
-def _artifact(
-    loaded: LoadedRecipe, mode: str, *, frozen: bool, quiet: bool
-) -> tuple[Artifact | None, Manifest, str]:
-    """(artifact on disk or None, manifest, id). Volume mode reads the manifest where it is cheapest:
-    the local artifact, else the store; it converts only when neither has it."""
-    from packager.errors import PackagerError
-    from packager.pipeline.artifact import ensure_artifact, known_artifact_id, local_artifact
-    from packager.store.stores import open_store
-
-    if mode == "volume":
-        known = known_artifact_id(loaded, frozen=frozen)
-        if known:
-            local = local_artifact(loaded.recipe.name, known)
-            if local is not None:
-                return None, local.manifest, known
-            manifest: Any = None
-            try:
-                manifest = open_store(loaded).read_manifest(loaded.recipe.name, known)
-            except PackagerError:
-                manifest = None
-            if manifest is not None:
-                return None, manifest, known
-    artifact = ensure_artifact(loaded, frozen=frozen, quiet=quiet)
-    return (artifact if mode == "baked" else None), artifact.manifest, artifact.id
 
 
 COMMANDS: list[click.Command] = [render_command, build_command]

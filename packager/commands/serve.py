@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 def _worker_env(loaded: LoadedRecipe, *, frozen: bool, quiet: bool) -> tuple[dict[str, str], Artifact]:
     from packager.image.naming import worker_env
-    from packager.pipeline.artifact import ensure_artifact
+    from packager.pipeline.artifact import materialise
 
-    artifact = ensure_artifact(loaded, frozen=frozen, quiet=quiet)
+    artifact = materialise(loaded, frozen=frozen, quiet=quiet)
     env = {**os.environ, **worker_env(loaded, artifact.id, "baked")}
     env["MODEL_DIR"] = str(artifact.dir.resolve())
     # The worker runs from any directory: make sure it imports this checkout's worker_runtime.

@@ -25,7 +25,7 @@ def lock(recipe_file: str, check: bool, as_json: bool) -> None:
     A fresh lock is kept as it is. Exit codes: 0 fresh or written, 1 drifted (--check), 2 errors.
     """
     from packager.errors import DriftError
-    from packager.source.lock import check_lock, refresh_lock
+    from packager.source.drift import check_lock, refresh_lock
 
     loaded = load_recipe(recipe_file)
     path = loaded.lock_path
@@ -64,8 +64,8 @@ def fetch(recipe_file: str, frozen: bool, as_json: bool) -> None:
     folders model_index.json names are fetched, in one weight format: never root checkpoints,
     onnx/flax exports or dropped components. Files already in the cache are not downloaded again.
     """
+    from packager.source.drift import ensure_lock
     from packager.source.fetch import fetch as fetch_files
-    from packager.source.lock import ensure_lock
 
     loaded = load_recipe(recipe_file)
     current = ensure_lock(loaded, frozen=frozen, quiet=as_json)

@@ -28,22 +28,17 @@ def upload(recipe_file: str, frozen: bool, as_json: bool) -> None:
     Files already in the store are skipped, the manifest goes last, and an artifact that is already
     complete there costs one request. Credentials come from boto3 (AWS_* variables or a profile).
     """
-    from packager.pipeline.artifact import ensure_artifact, known_artifact_id
+    from packager.pipeline.run import Run
+    from packager.pipeline.stages import ensure_lock, ensure_upload
     from packager.source.recipe import load_recipe
-    from packager.store.stores import TransferResult, open_store
+    from packager.store.stores import TransferResult
 
     loaded = load_recipe(recipe_file)
-    store = open_store(loaded)
-    name = loaded.recipe.name
-    known = known_artifact_id(loaded, frozen=frozen)
-    if known and store.has_artifact(name, known):
-        result = TransferResult(store.artifact_uri(name, known), 0, 0, 0, skipped_whole=True)
-        artifact_id = known
-    else:
-        store.check()  # a wrong bucket or key fails here, not after a long conversion
-        artifact = ensure_artifact(loaded, frozen=frozen, quiet=as_json)
-        result = store.upload(artifact, progress=progress_enabled(as_json))
-        artifact_id = artifact.id
+    run = Run(loaded, loaded.recipe.mode, frozen=frozen, quiet=as_json, progress=progress_enabled(as_json))
+    ensure_lock(run)
+    outcome = ensure_upload(run)
+    name, artifact_id = run.name, run.artifact_id
+    result = run.transfer or TransferResult(run.artifact_uri, 0, 0, 0, skipped_whole=outcome.moved_nothing)
     _report("upload", name, artifact_id, result.to_json(), as_json)
 
 
@@ -92,41 +87,28 @@ def seed(recipe_file: str, frozen: bool, as_json: bool) -> None:
     to models/<name>/<artifact-id>/ with `.ready` written last. Keys: RunPod's "S3 API key", from
     the AWS profile `runpod` when it exists, else from boto3's usual chain (AWS_ACCESS_KEY_ID ...).
     """
-    from packager.pipeline.artifact import ensure_artifact, known_artifact_id
+    from artifact_format import manifest as mf
+    from packager.pipeline.run import Run
+    from packager.pipeline.stages import ensure_lock, ensure_volume
     from packager.source.recipe import load_recipe
-    from packager.store.seed import (
-        SeedResult,
-        check_volume,
-        is_seeded,
-        seed_volume,
-        volume_client,
-        volume_target,
-    )
+    from packager.store.seed import SeedResult, volume_target
 
     loaded = load_recipe(recipe_file)
-    target = volume_target(loaded)
-    client = volume_client(target)
-    name = loaded.recipe.name
-    known = known_artifact_id(loaded, frozen=frozen)
-    if known and is_seeded(client, target, name, known):
-        from artifact_format import manifest as mf
-
-        result = SeedResult(
-            target.volume_id,
-            target.endpoint_url,
-            mf.volume_key_prefix(name, known),
-            str(mf.volume_path(target.mount, name, known)),
-            0,
-            0,
-            0,
-            True,
-        )
-        artifact_id = known
-    else:
-        check_volume(client, target)  # a wrong volume or key fails here, not after a long conversion
-        artifact = ensure_artifact(loaded, frozen=frozen, quiet=as_json)
-        result = seed_volume(loaded, artifact, progress=progress_enabled(as_json), client=client)
-        artifact_id = artifact.id
+    target = volume_target(loaded)  # no volume.id is an error here, not a skipped stage
+    run = Run(loaded, "volume", frozen=frozen, quiet=as_json, progress=progress_enabled(as_json))
+    ensure_lock(run)
+    ensure_volume(run)
+    name, artifact_id = run.name, run.artifact_id
+    result = run.seeded or SeedResult(
+        target.volume_id,
+        target.endpoint_url,
+        mf.volume_key_prefix(name, artifact_id),
+        str(mf.volume_path(target.mount, name, artifact_id)),
+        0,
+        0,
+        0,
+        True,
+    )
     data = result.to_json()
     data["uri"] = f"s3://{result.volume_id}/{result.key_prefix.rstrip('/')}"
     _report("seed", name, artifact_id, data, as_json)

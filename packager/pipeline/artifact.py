@@ -55,7 +55,8 @@ def known_artifact_id(loaded: LoadedRecipe, *, frozen: bool = False) -> str | No
     None when the lock is missing, stale, or has never been converted. With `frozen`, a missing or
     stale lock is an error instead.
     """
-    from packager.source.lock import drift, read_lock
+    from packager.source.drift import drift
+    from packager.source.lock import read_lock
 
     lock = read_lock(loaded)
     if lock is None:
@@ -70,7 +71,7 @@ def known_artifact_id(loaded: LoadedRecipe, *, frozen: bool = False) -> str | No
     return lock.artifact_id
 
 
-def ensure_artifact(
+def materialise(
     loaded: LoadedRecipe,
     *,
     frozen: bool = False,
@@ -79,7 +80,7 @@ def ensure_artifact(
     verify: bool = True,
 ) -> Artifact:
     """The recipe's artifact on local disk, locking, fetching and converting only what is missing."""
-    from packager.source.lock import ensure_lock
+    from packager.source.drift import ensure_lock
 
     lock = lock or ensure_lock(loaded, frozen=frozen, quiet=quiet)
     name = loaded.recipe.name
@@ -97,7 +98,7 @@ def convert_to(
     verify: bool = True,
 ) -> Artifact:
     """`packager convert -o DIR`: convert exactly into DIR, whatever is cached elsewhere."""
-    from packager.source.lock import ensure_lock
+    from packager.source.drift import ensure_lock
 
     lock = ensure_lock(loaded, frozen=frozen, quiet=quiet)
     return _convert(loaded, lock, out_dir=out_dir, quiet=quiet, verify=verify)

@@ -34,7 +34,7 @@ def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path
     without the safety checker, at `out_dir`. Returns (artifact_dir, artifact_id); cached."""
     from artifact_format import manifest as mf
     from packager.convert.converter import ConvertSettings, convert
-    from packager.source.lock import select_local
+    from packager.source.local_folder import select_local
 
     if (out_dir / mf.MANIFEST_NAME).exists():
         return out_dir, mf.artifact_id_of(out_dir)
