@@ -89,17 +89,17 @@ def _single_layer(rendered: Any) -> Any:
 
 def _code_copy(folder: Path, marker: str) -> None:
     """Point render at a copy of the shipped packages with one line of worker code changed."""
-    from packager.image import render
+    from packager.image import code
 
     copies = {}
-    for package in render.CODE_PACKAGES:
+    for package in code.CODE_PACKAGES:
         copies[package] = folder / package
         shutil.copytree(
-            render.package_dir(package), copies[package], ignore=shutil.ignore_patterns("__pycache__")
+            code.package_dir(package), copies[package], ignore=shutil.ignore_patterns("__pycache__")
         )
     handler = copies["worker_runtime"] / "handler.py"
     handler.write_text(handler.read_text() + f"\n# {marker}\n")
-    render.package_dir = lambda name: copies[name]  # type: ignore[assignment]
+    code.package_dir = lambda name: copies[name]  # type: ignore[assignment]
 
 
 def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> dict[str, Any]:
@@ -107,9 +107,10 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
     import docker
 
     from artifact_format import manifest as mf
+    from packager.convert.artifact import Artifact
     from packager.image import build as image_build
+    from packager.image import push as image_push
     from packager.image import render
-    from packager.pipeline.artifact import Artifact
 
     client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
     manifest = mf.load(artifact_dir)
@@ -151,7 +152,7 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
             tags[version] = f"{repository}:{version}"
             client.images.get(built.image_id).tag(repository, version)
             started = time.perf_counter()
-            pushed = image_build.push(replace(built, tags=(tags[version],)), quiet=True, client=client)
+            pushed = image_push.push(replace(built, tags=(tags[version],)), quiet=True, client=client)
             key = "push" if version == "v1" else "code_repush"
             out[f"{key}_s"] = time.perf_counter() - started
             out[f"{key}_layers"] = pushed.uploaded_layers
@@ -185,6 +186,7 @@ def _warm_registry(rig: dict[str, str], artifact_dir: Path) -> None:
 
     from artifact_format import manifest as mf
     from packager.image import build as image_build
+    from packager.image import push as image_push
     from packager.image import render
 
     client = docker.DockerClient(base_url=rig["docker_host"], timeout=1800)
@@ -197,7 +199,7 @@ def _warm_registry(rig: dict[str, str], artifact_dir: Path) -> None:
             loaded, None, manifest, artifact_id, "volume", Path(tmp) / "ctx", pip_find_links=rig["find_links"]
         )
         built = image_build.build_context(loaded, rendered, quiet=True, client=client)
-        image_build.push(replace(built, tags=(built.tag,)), quiet=True, client=client)
+        image_push.push(replace(built, tags=(built.tag,)), quiet=True, client=client)
 
 
 def _median(values: list[float]) -> float:

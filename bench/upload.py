@@ -88,7 +88,7 @@ def _awscli_cmd(uri: str, artifact: Path, endpoint: str) -> list[str]:
 def _one(uri: str, artifact: Path) -> None:
     """The child process of the `packager` and `no-op` variants: the store code, as the CLI runs it."""
     from artifact_format import manifest as mf
-    from packager.pipeline.artifact import Artifact
+    from packager.convert.artifact import Artifact
     from packager.store.stores import open_store_uri
 
     manifest = mf.load(artifact)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.convert.converter import CONVERTER_VERSION
+from packager.convert.settings import CONVERTER_VERSION
 from packager.errors import FetchError, LockError
 from packager.source import drift as dr
 from packager.source import local_folder

@@ -18,11 +18,11 @@ import pytest
 
 from artifact_format import manifest as mf
 from artifact_format.vocab import OWN_LAYER_BYTES
+from packager.convert.artifact import Artifact
 from packager.errors import ImageError
-from packager.image import naming, render
+from packager.image import code, naming, render
 from packager.image.lint_dockerfiles import HADOLINT_ARGS, hadolint_binary
 from packager.image.lint_dockerfiles import main as lint_main
-from packager.pipeline.artifact import Artifact
 from packager.source.recipe import load_recipe
 from tests.rig.artifacts import make_artifact, tiny_recipe, tiny_source
 
@@ -225,7 +225,7 @@ def test_env_and_labels_name_the_artifact(tiny: tuple[Path, Artifact], tmp_path:
     assert "'" not in result.env["WORKER_CONFIG"]
     assert result.labels[render.LABEL_RECIPE] == "tiny"
     assert result.labels[render.LABEL_ARTIFACT] == art.id
-    assert result.labels[render.LABEL_CODE] == render.worker_code_digest()
+    assert result.labels[render.LABEL_CODE] == code.worker_code_digest()
     assert result.tag == naming.image_tag("localhost/packager", "tiny", art.id, "baked")
     text = result.dockerfile.read_text()
     assert f"packager.artifact-id='{art.id}'" in text
@@ -393,29 +393,29 @@ def test_worker_code_digest_follows_the_shipped_code_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copies_ = {}
-    for package in render.CODE_PACKAGES:
+    for package in code.CODE_PACKAGES:
         copies_[package] = tmp_path / package
-        shutil.copytree(render.package_dir(package), copies_[package])
+        shutil.copytree(code.package_dir(package), copies_[package])
     templates = tmp_path / "dockerfiles"
-    shutil.copytree(render.TEMPLATES_DIR, templates)
-    monkeypatch.setattr(render, "package_dir", lambda name: copies_[name])
-    monkeypatch.setattr(render, "TEMPLATES_DIR", templates)
+    shutil.copytree(code.TEMPLATES_DIR, templates)
+    monkeypatch.setattr(code, "package_dir", lambda name: copies_[name])
+    monkeypatch.setattr(code, "TEMPLATES_DIR", templates)
 
-    first = render.worker_code_digest()
-    assert first == render.worker_code_digest()
+    first = code.worker_code_digest()
+    assert first == code.worker_code_digest()
     (tmp_path / "worker_runtime/__pycache__").mkdir(exist_ok=True)
     (tmp_path / "worker_runtime/__pycache__/x.cpython-311.pyc").write_bytes(b"bytecode")
-    assert render.worker_code_digest() == first, "host bytecode is not shipped, so it must not count"
+    assert code.worker_code_digest() == first, "host bytecode is not shipped, so it must not count"
 
     handler = tmp_path / "worker_runtime/handler.py"
     handler.write_text(handler.read_text() + "\n# a code-only change\n")
-    second = render.worker_code_digest()
+    second = code.worker_code_digest()
     assert second != first
     (tmp_path / "volume_sync/__init__.py").write_text("# changed\n")
-    assert render.worker_code_digest() not in (first, second)
-    third = render.worker_code_digest()
+    assert code.worker_code_digest() not in (first, second)
+    third = code.worker_code_digest()
     (templates / "_code.Dockerfile.j2").write_text((templates / "_code.Dockerfile.j2").read_text() + "\n")
-    assert render.worker_code_digest() != third
+    assert code.worker_code_digest() != third
 
 
 def test_a_code_change_changes_only_the_code_digest(tiny: tuple[Path, Artifact], tmp_path: Path) -> None:

@@ -138,7 +138,8 @@ def _artifact(loaded: LoadedRecipe, given: Path | None) -> tuple[Path, Manifest,
     from packager.errors import LockError, VerifyError
 
     if given is None:
-        from packager.pipeline.artifact import artifact_dir, known_artifact_id
+        from packager.convert.artifact import artifact_dir
+        from packager.pipeline.artifact import known_artifact_id
 
         known = known_artifact_id(loaded)
         if not known:

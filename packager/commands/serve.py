@@ -26,7 +26,7 @@ from packager.output import emit, json_option, note
 from packager.source.recipe import LoadedRecipe, load_recipe
 
 if TYPE_CHECKING:
-    from packager.pipeline.artifact import Artifact
+    from packager.convert.artifact import Artifact
 
 
 def _worker_env(loaded: LoadedRecipe, *, frozen: bool, quiet: bool) -> tuple[dict[str, str], Artifact]:

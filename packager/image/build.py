@@ -9,13 +9,12 @@ credentials come from the docker config (`docker login`), never from the recipe.
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -23,18 +22,20 @@ from urllib.parse import urlsplit
 from artifact_format import manifest as mf
 from artifact_format.vocab import Mode, short_id
 from packager.errors import ImageError
+from packager.image.built import BuildResult, Layer, built_result, image_layers, image_tags, sayer
+from packager.image.code import worker_code_digest
+from packager.image.context import CONTEXT_MTIME
+from packager.image.engine import connect, engine_platform, engine_problem
+from packager.image.push import is_pushed, push, push_all
 from packager.image.render import (
-    CONTEXT_MTIME,
-    LABEL_LAYERS,
     RenderResult,
     identity,
     render,
-    worker_code_digest,
 )
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.pipeline.artifact import Artifact
+    from packager.convert.artifact import Artifact
 
 __all__ = [
     "BuildResult",
@@ -50,76 +51,8 @@ __all__ = [
     "worker_code_digest",
 ]
 
-NO_ENGINE_HINT = (
-    "start one (`sudo systemctl start docker`, or `sudo dockerd &`) or point DOCKER_HOST at one; "
-    "`packager render` works without an engine"
-)
+
 _TAR_CHUNK = 1024 * 1024
-# Instructions the classic builder records in the history without adding a layer.
-_METADATA = ("ARG", "ENV", "LABEL", "CMD", "ENTRYPOINT", "EXPOSE", "USER", "VOLUME", "STOPSIGNAL")
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer our Dockerfile added: what it holds, its content digest (diff id) and its size."""
-
-    step: str
-    digest: str
-    size: int
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """An image for an artifact and mode, built now (`skipped` False) or found up to date."""
-
-    tag: str
-    image_id: str
-    size: int
-    layers: tuple[Layer, ...]
-    skipped: bool
-    pushed: bool
-    tags: tuple[str, ...] = ()
-    # Layers the push uploaded (the registry had the others); 0 without a push.
-    uploaded_layers: int = 0
-    seconds: float = 0.0
-    context_dir: Path | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tag": self.tag,
-            "tags": list(self.tags),
-            "image_id": self.image_id,
-            "size": self.size,
-            "layers": [{"step": x.step, "digest": x.digest, "size": x.size} for x in self.layers],
-            "skipped": self.skipped,
-            "pushed": self.pushed,
-            "uploaded_layers": self.uploaded_layers,
-            "seconds": round(self.seconds, 3),
-            "context_dir": str(self.context_dir) if self.context_dir else None,
-        }
-
-
-def connect(timeout: int = 600) -> Any:
-    """A docker client for DOCKER_HOST (or the default socket), or ImageError saying how to get one."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket"
-        reason = (str(exc).splitlines() or [exc.__class__.__name__])[0][:120]
-        raise ImageError(f"no Docker engine reachable at {where} ({reason}): {NO_ENGINE_HINT}") from None
-    return client
-
-
-def engine_problem() -> str | None:
-    """The one-line reason no image can be built here, or None when an engine answers."""
-    try:
-        connect(timeout=10).close()
-    except ImageError as exc:
-        return str(exc)
-    return None
 
 
 def find_built_image(
@@ -147,7 +80,7 @@ def find_built_image(
     labels = image.labels or {}
     if any(labels.get(k) != v for k, v in ident.labels.items()):
         return None
-    return _result(client, image.id, ident.tag, _tags(loaded, ident.tag), skipped=True)
+    return built_result(client, image.id, ident.tag, image_tags(loaded, ident.tag), skipped=True)
 
 
 def build(
@@ -179,7 +112,7 @@ def build(
     """
     started = time.monotonic()
     client = client or connect()
-    say = _sayer(quiet, echo)
+    say = sayer(quiet, echo)
     if not no_cache:
         found = find_built_image(
             loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image, client=client
@@ -189,7 +122,7 @@ def build(
                 f"{found.tag} is up to date (artifact {short_id(artifact_id)}, same worker code): not rebuilt"
             )
             if push:
-                found = _push_all(client, found, say)
+                found = push_all(client, found, say)
             return replace(found, seconds=time.monotonic() - started)
     rendered = render(
         loaded,
@@ -226,7 +159,7 @@ def build_context(
     """
     started = time.monotonic()
     client = client or connect()
-    say = _sayer(quiet, echo)
+    say = sayer(quiet, echo)
     find_links = rendered.build_args.get("PIP_FIND_LINKS") or None
     image_id = _run_build(
         client,
@@ -236,89 +169,11 @@ def build_context(
         no_cache=no_cache,
         say=say,
     )
-    result = _result(client, image_id, rendered.tag, _tags(loaded, rendered.tag), skipped=False)
+    result = built_result(client, image_id, rendered.tag, image_tags(loaded, rendered.tag), skipped=False)
     result = replace(result, context_dir=rendered.context_dir)
     if push:
-        result = _push_all(client, result, say)
+        result = push_all(client, result, say)
     return replace(result, seconds=time.monotonic() - started)
-
-
-def is_pushed(image: BuildResult, client: Any = None) -> bool:
-    """Whether the registry serves this very image under its tag (one manifest request)."""
-    import docker
-
-    client = client or connect()
-    repo_digests = client.api.inspect_image(image.image_id).get("RepoDigests") or []
-    try:
-        remote = client.api.inspect_distribution(image.tag)["Descriptor"]["digest"]
-    except docker.errors.APIError:
-        return False
-    return f"{image.tag.rpartition(':')[0]}@{remote}" in repo_digests
-
-
-def push(image: BuildResult, *, quiet: bool = False, client: Any = None) -> BuildResult:
-    """Push every tag of a built image; the result counts the layers actually uploaded."""
-    return _push_all(client or connect(), image, _sayer(quiet, None))
-
-
-def image_layers(client: Any, image: str) -> tuple[Layer, ...]:
-    """The layers our Dockerfile added, named by the image's `packager.layers` label.
-
-    The image's rootfs lists only layers that hold files, base first; the history lists every
-    instruction, newest first. Each of our steps adds files, so our layers are the rootfs's top
-    `len(steps)`, and their sizes are the history's layer-adding entries in the same order.
-    """
-    info = client.api.inspect_image(image)
-    steps = json.loads(((info.get("Config") or {}).get("Labels") or {}).get(LABEL_LAYERS) or "[]")
-    digests = info["RootFS"]["Layers"]
-    history = [h for h in client.api.history(image) if _adds_layer(h.get("CreatedBy") or "")]
-    if not steps or len(digests) < len(steps) or len(history) < len(steps):
-        return ()
-    sizes = [int(h.get("Size") or 0) for h in reversed(history[: len(steps)])]
-    return tuple(Layer(s, d, n) for s, d, n in zip(steps, digests[-len(steps) :], sizes, strict=True))
-
-
-def _result(client: Any, image_id: str, tag: str, tags: tuple[str, ...], *, skipped: bool) -> BuildResult:
-    image = client.images.get(image_id)
-    for extra in tags:
-        repository, _, name = extra.rpartition(":")
-        image.tag(repository, name)
-    return BuildResult(
-        tag=tag,
-        image_id=image_id,
-        size=int(image.attrs.get("Size") or 0),
-        layers=image_layers(client, image_id),
-        skipped=skipped,
-        pushed=False,
-        tags=tags,
-    )
-
-
-def _tags(loaded: LoadedRecipe, tag: str) -> tuple[str, ...]:
-    repository = tag.rpartition(":")[0]
-    return (tag, *(f"{repository}:{extra}" for extra in loaded.recipe.image.tags))
-
-
-def _adds_layer(created_by: str) -> bool:
-    _, nop, rest = created_by.partition("#(nop)")
-    if not nop:
-        return True  # a RUN, or a base image's own layer
-    words = rest.split()
-    return bool(words) and words[0] not in _METADATA
-
-
-def _sayer(quiet: bool, echo: Callable[[str], None] | None) -> Callable[[str], None]:
-    if quiet:
-        return lambda line: None
-    if echo is not None:
-        return echo
-
-    def to_stderr(line: str) -> None:
-        import click
-
-        click.echo(line, err=True)
-
-    return to_stderr
 
 
 def _default_network(find_links: str | None) -> str | None:
@@ -348,7 +203,7 @@ def _run_build(
             encoding=None,
             tag=rendered.tag,
             buildargs=rendered.build_args,
-            platform=_engine_platform(client, platform),
+            platform=engine_platform(client, platform),
             network_mode=network,
             nocache=no_cache,
             pull=False,
@@ -375,18 +230,6 @@ def _run_build(
     if image_id is None:
         raise ImageError(f"docker build of {rendered.tag} ended without an image")
     return image_id
-
-
-def _engine_platform(client: Any, platform: str) -> str | None:
-    """`platform` for the build, or None when it is the engine's own.
-
-    Docker 20.10's classic builder took `platform` offline with a local base image; it is passed
-    only when it differs from the engine's platform all the same, so that an engine that treats any
-    platform as a reason to pull the base still builds from a local one.
-    """
-    info = client.version()
-    own = f"{info.get('Os', 'linux')}/{info.get('Arch', 'amd64')}"
-    return None if platform == own else platform
 
 
 def _context_tar(context: Path) -> Iterator[bytes]:
@@ -427,31 +270,3 @@ def _context_tar(context: Path) -> Iterator[bytes]:
         thread.join(timeout=5)
     if failure and not isinstance(failure[0], BrokenPipeError):
         raise ImageError(f"cannot read the build context {context}: {failure[0]}")
-
-
-def _push_all(client: Any, image: BuildResult, say: Callable[[str], None]) -> BuildResult:
-    uploaded = sum(_push(client, tag, say) for tag in (image.tags or (image.tag,)))
-    return replace(image, pushed=True, uploaded_layers=uploaded)
-
-
-def _push(client: Any, tag: str, say: Callable[[str], None]) -> int:
-    import docker
-
-    repository, _, name = tag.rpartition(":")
-    uploaded: set[str] = set()
-    try:
-        for chunk in client.api.push(repository, tag=name, stream=True, decode=True):
-            if "error" in chunk:
-                detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                raise ImageError(
-                    f"push of {tag} failed: {' '.join(detail.split())[:300]} "
-                    "(for a private registry, `docker login` first)"
-                )
-            status = chunk.get("status", "")
-            if status == "Pushed" and chunk.get("id"):
-                uploaded.add(chunk["id"])
-            if status in ("Pushed", "Layer already exists") or "digest:" in status:
-                say(f"{chunk.get('id', '')}: {status}".lstrip(": "))
-    except docker.errors.APIError as exc:
-        raise ImageError(f"push of {tag} failed: {exc.explanation or exc}") from None
-    return len(uploaded)

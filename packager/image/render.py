@@ -13,13 +13,10 @@ variables set in the environment before it is kept.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,31 +26,50 @@ from artifact_format import manifest as mf
 from artifact_format.vocab import OWN_LAYER_BYTES, Mode, short_id
 from packager.errors import ImageError
 from packager.image import naming
+from packager.image.code import TEMPLATES_DIR, code_files, requirements_text, worker_code_digest
+from packager.image.context import (
+    DIR_MODE,
+    DOCKERIGNORE,
+    check_artifact,
+    fix_dir_modes,
+    link_or_copy,
+    replace_dir,
+    write_file,
+)
 from packager.settings import build_dir, secret_values
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.pipeline.artifact import Artifact
+    from packager.convert.artifact import Artifact
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "dockerfiles"
-# The packages that ship in the image, copied beside each other under /opt/worker.
-CODE_PACKAGES = ("artifact_format", "worker_runtime", "volume_sync")
-# Non-root users in the container must read everything; nothing in the image needs to be writable.
-FILE_MODE = 0o644
-DIR_MODE = 0o755
-# The classic builder's COPY keeps each file's mode and mtime: fixed values make layers repeatable.
-CONTEXT_MTIME = 315532800  # 1980-01-01
 # Layer steps, in build order: what each instruction that adds a layer holds (see RenderResult).
 STEP_DEPS = ("requirements", "pip install")
+
+
 STEP_CODE = ("code", "compile")
 
+
 LABEL_RECIPE = "packager.recipe"
+
+
 LABEL_MODE = "packager.mode"
+
+
 LABEL_ARTIFACT = "packager.artifact-id"
+
+
 LABEL_SOURCE = "packager.source.repo"
+
+
 LABEL_COMMIT = "packager.source.commit"
+
+
 LABEL_CODE = "packager.worker-code-digest"
+
+
 LABEL_CONFIG = "packager.config-digest"
+
+
 # What each layer the Dockerfile adds holds, as a JSON list: `docker inspect` shows it, and a build
 # found by its tag can still say which layer is which without the manifest.
 LABEL_LAYERS = "packager.layers"
@@ -105,59 +121,6 @@ class Plan:
     large_files: tuple[str, ...]
     small_files: tuple[str, ...]
     layer_steps: tuple[str, ...]
-
-
-def package_dir(package: str) -> Path:
-    """Where a shipped package's sources are, found without importing (and running) it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImageError(f"cannot find the {package} package to copy into the image")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _code_files() -> list[tuple[str, Path]]:
-    """(path in the image under /opt/worker, source) for every shipped source file, sorted."""
-    out = []
-    for package in CODE_PACKAGES:
-        root = package_dir(package)
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if path.is_file() and not _ignored(rel):
-                out.append((f"{package}/{rel.as_posix()}", path))
-    return out
-
-
-def _ignored(rel: Path) -> bool:
-    return any(part == "__pycache__" or part.startswith(".") for part in rel.parts) or rel.suffix in (
-        ".pyc",
-        ".pyo",
-    )
-
-
-def worker_code_digest() -> str:
-    """sha256 of what changes the code layers: the shipped packages, the templates and this module.
-
-    Recorded as a label so `packager build` can tell an up-to-date image from a stale one without
-    building; it is the same on every machine for the same checkout.
-    """
-    h = hashlib.sha256()
-    files = _code_files() + [(f"dockerfiles/{p.name}", p) for p in sorted(TEMPLATES_DIR.glob("*.j2"))]
-    files.append(("packager/image/render.py", Path(__file__)))
-    for rel, path in files:
-        data = path.read_bytes()
-        h.update(f"{rel}\0{len(data)}\0".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def requirements_text(base_has_torch: bool) -> str:
-    """The worker's requirements, plus torch itself when the base image does not bring it."""
-    text = (package_dir("worker_runtime") / "requirements.txt").read_text()
-    if not base_has_torch:
-        text = (
-            text.rstrip("\n") + "\n# The base image has no torch (image.base_has_torch: false).\ntorch>=2.4\n"
-        )
-    return text
 
 
 def dockerfile_quote(value: str) -> str:
@@ -389,7 +352,7 @@ def render(
     if mode == "baked":
         if artifact_dir is None:
             raise ImageError("baked mode needs the artifact on disk (weights go into the image)")
-        _check_artifact(artifact_dir, manifest, artifact_id)
+        check_artifact(artifact_dir, manifest, artifact_id)
     target = (out_dir or default_context_dir(loaded.recipe.name, artifact_id, mode)).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
@@ -397,22 +360,22 @@ def render(
     linked = copied = 0
     try:
         tmp.mkdir(mode=DIR_MODE)
-        _write(tmp / "Dockerfile", p.text.encode())
-        _write(tmp / ".dockerignore", _DOCKERIGNORE.encode())
-        _write(tmp / "requirements.txt", p.requirements.encode())
-        for rel, src in _code_files():
-            _write(tmp / "code" / rel, src.read_bytes())
+        write_file(tmp / "Dockerfile", p.text.encode())
+        write_file(tmp / ".dockerignore", DOCKERIGNORE.encode())
+        write_file(tmp / "requirements.txt", p.requirements.encode())
+        for rel, src in code_files():
+            write_file(tmp / "code" / rel, src.read_bytes())
         if mode == "baked":
             assert artifact_dir is not None
             for rel in p.large_files:
-                did_link = _link_or_copy(artifact_dir / rel, tmp / "weights" / "large" / rel)
+                did_link = link_or_copy(artifact_dir / rel, tmp / "weights" / "large" / rel)
                 linked, copied = linked + did_link, copied + (not did_link)
             for rel in p.small_files:
-                did_link = _link_or_copy(artifact_dir / rel, tmp / "weights" / "small" / rel)
+                did_link = link_or_copy(artifact_dir / rel, tmp / "weights" / "small" / rel)
                 linked, copied = linked + did_link, copied + (not did_link)
-            _write(tmp / "manifest.json", (artifact_dir / mf.MANIFEST_NAME).read_bytes())
-        _fix_dir_modes(tmp)
-        _replace_dir(tmp, target)
+            write_file(tmp / "manifest.json", (artifact_dir / mf.MANIFEST_NAME).read_bytes())
+        fix_dir_modes(tmp)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -430,67 +393,3 @@ def render(
         linked=linked,
         copied=copied,
     )
-
-
-# The context is generated and holds only what the image needs; this guards a user's own
-# `docker build` of it against stray bytecode and editor files added later.
-_DOCKERIGNORE = """\
-# Generated by packager render: the context holds exactly what the image needs.
-**/__pycache__
-**/*.pyc
-**/.*.swp
-"""
-
-
-def _check_artifact(artifact_dir: Path, manifest: mf.Manifest, artifact_id: str) -> None:
-    try:
-        on_disk = mf.artifact_id_of(artifact_dir)
-    except FileNotFoundError:
-        raise ImageError(f"{artifact_dir}: no manifest (the artifact is missing or incomplete)") from None
-    if on_disk != artifact_id:
-        raise ImageError(f"{artifact_dir}: holds artifact {short_id(on_disk)}, not {short_id(artifact_id)}")
-    try:
-        mf.check(artifact_dir, manifest)
-    except mf.ManifestError as exc:
-        raise ImageError(str(exc)) from None
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(FILE_MODE)
-    os.utime(path, (CONTEXT_MTIME, CONTEXT_MTIME))
-
-
-def _link_or_copy(src: Path, dest: Path) -> bool:
-    """Hard-link `src` to `dest` (True), or copy it where a link cannot be made or shared (False)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A link shares the inode and so its mode: a file others cannot read is copied, never chmod-ed,
-    # so the artifact itself is left as it is.
-    if stat.S_IMODE(src.stat().st_mode) & 0o444 == 0o444:
-        try:
-            os.link(src, dest, follow_symlinks=True)
-            return True
-        except OSError:  # another filesystem (EXDEV), or links refused (EPERM, EMLINK)
-            pass
-    shutil.copyfile(src, dest)
-    dest.chmod(FILE_MODE)
-    st = src.stat()
-    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
-    return False
-
-
-def _fix_dir_modes(root: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(root):
-        os.chmod(dirpath, DIR_MODE)
-        os.utime(dirpath, (CONTEXT_MTIME, CONTEXT_MTIME))
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a finished folder into place; the old one is removed only after the swap."""
-    old = target.with_name(f".{target.name}.old{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(old)

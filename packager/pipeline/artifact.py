@@ -9,44 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format import manifest as mf
+from packager.convert.artifact import Artifact, artifact_dir, local_artifact
 from packager.disk import require_free
 from packager.errors import LockError
 from packager.output import note
-from packager.settings import build_dir
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
     from packager.source.lock import Lock
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    id: str
-    dir: Path
-    manifest: mf.Manifest
-
-
-def artifact_dir(name: str, artifact_id: str) -> Path:
-    """Default local home of an artifact: build/artifacts/<name>/<artifact-id>/."""
-    return build_dir() / "artifacts" / name / artifact_id
-
-
-def local_artifact(name: str, artifact_id: str) -> Artifact | None:
-    """The artifact if it is complete on local disk (manifest present, every file the right size)."""
-    folder = artifact_dir(name, artifact_id)
-    if not (folder / mf.MANIFEST_NAME).exists():
-        return None
-    try:
-        manifest = mf.check(folder)
-    except mf.ManifestError:
-        return None
-    return Artifact(name=name, id=artifact_id, dir=folder, manifest=manifest)
 
 
 def known_artifact_id(loaded: LoadedRecipe, *, frozen: bool = False) -> str | None:

@@ -66,7 +66,7 @@ def collect(recipes_dir: Path, *, dry_run: bool, images: bool) -> list[tuple[str
 
 
 def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
-    from packager.image.build import engine_problem
+    from packager.image.engine import engine_problem
     from packager.image.render import LABEL_ARTIFACT
 
     if engine_problem():

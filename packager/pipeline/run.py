@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Literal
 
 from artifact_format import manifest as mf
 from artifact_format.vocab import Mode
-from packager.pipeline.artifact import Artifact, artifact_dir, local_artifact, materialise
+from packager.convert.artifact import Artifact, artifact_dir, local_artifact
+from packager.pipeline.artifact import materialise
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
-    from packager.image.build import BuildResult
+    from packager.image.built import BuildResult
     from packager.image.render import RenderResult
     from packager.source.lock import Lock
     from packager.store.seed import SeedResult

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from artifact_format import manifest as mf
 from artifact_format.vocab import short_id
+from packager.convert.artifact import local_artifact
 from packager.errors import ImageError
-from packager.pipeline.artifact import local_artifact, materialise
+from packager.pipeline.artifact import materialise
 from packager.pipeline.run import Outcome, Run
 
 _NOT_BUILT = "(no image built: no Docker engine, or --image render)"
@@ -77,6 +78,8 @@ def ensure_volume(run: Run) -> Outcome:
 def ensure_image(run: Run) -> Outcome:
     """The image for the artifact and mode is built (and pushed when asked), or its context rendered."""
     from packager.image import build as image_build
+    from packager.image import engine as image_engine
+    from packager.image import push as image_push
     from packager.image.naming import image_tag
     from packager.image.render import default_context_dir, plan, render
 
@@ -85,7 +88,7 @@ def ensure_image(run: Run) -> Outcome:
     policy = options.policy
     if policy != "render":
         # Before anything else: no engine should fail in a second, not after a long conversion.
-        engine_error = image_build.engine_problem()
+        engine_error = image_engine.engine_problem()
         if engine_error and policy == "build":
             raise ImageError(engine_error)
         if engine_error:
@@ -101,8 +104,8 @@ def ensure_image(run: Run) -> Outcome:
         )
         if existing is not None:
             run.built = existing
-            if push and not image_build.is_pushed(existing):
-                run.built = image_build.push(existing, quiet=run.quiet or options.quiet_build)
+            if push and not image_push.is_pushed(existing):
+                run.built = image_push.push(existing, quiet=run.quiet or options.quiet_build)
                 return Outcome("done", f"{tag} pushed (already built)")
             return Outcome("skipped", f"{tag} already built")
     manifest = run.manifest()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact_format.manifest import ManifestError, canonical_json, safe_relpath
-from packager.convert.converter import CONVERTER_VERSION
+from packager.convert.settings import CONVERTER_VERSION
 from packager.errors import LockError
 from packager.settings import secret_values
 from packager.source.inputs import input_for

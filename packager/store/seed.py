@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from artifact_format import manifest as mf
+from packager.convert.artifact import Artifact
 from packager.errors import VolumeError
-from packager.pipeline.artifact import Artifact
 from packager.source.recipe import LoadedRecipe
 from packager.store import client as s3
-from packager.store.stores import TransferSettings, put_artifact
+from packager.store.s3 import put_artifact
+from packager.store.transfer import TransferSettings
 
 # The profile that holds the RunPod S3 API key, when the user keeps it apart from their AWS keys.
 RUNPOD_PROFILE = "runpod"

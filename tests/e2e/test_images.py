@@ -29,9 +29,11 @@ import pytest
 
 from artifact_format import manifest as mf
 from artifact_format.vocab import OWN_LAYER_BYTES
+from packager.convert.artifact import Artifact
 from packager.image import build as image_build
-from packager.image import render
-from packager.pipeline.artifact import Artifact
+from packager.image import built as image_built
+from packager.image import code, render
+from packager.image import push as image_push
 from packager.source.recipe import LoadedRecipe, load_recipe
 from tests.rig.artifacts import make_artifact, tiny_recipe, tiny_source
 from tests.rig.docker_env import DockerRig
@@ -142,15 +144,15 @@ def shipped_code_copy(folder: Path, monkeypatch: pytest.MonkeyPatch, marker: str
     The real worker_runtime/ is never edited: a code-only release is simulated on a copy.
     """
     copies = {}
-    for package in render.CODE_PACKAGES:
+    for package in code.CODE_PACKAGES:
         copies[package] = folder / package
         if not copies[package].exists():
             shutil.copytree(
-                render.package_dir(package), copies[package], ignore=shutil.ignore_patterns("__pycache__")
+                code.package_dir(package), copies[package], ignore=shutil.ignore_patterns("__pycache__")
             )
     handler = copies["worker_runtime"] / "handler.py"
     handler.write_text(handler.read_text() + f"\n# code-only change: {marker}\n")
-    monkeypatch.setattr(render, "package_dir", lambda name: copies[name])
+    monkeypatch.setattr(code, "package_dir", lambda name: copies[name])
 
 
 # --- the module's images -----------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def baked_identity(loaded: LoadedRecipe, tiny: tuple[Path, Artifact]) -> render.
 @pytest.fixture(scope="module")
 def baked(
     docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact], baked_identity: render.Identity
-) -> image_build.BuildResult:
+) -> image_built.BuildResult:
     _, art = tiny
     result = image_build.build(
         loaded,
@@ -300,7 +302,7 @@ def test_no_planted_secret_reaches_the_image(
 
 def test_baked_image_serves_a_request_with_no_network(
     docker_rig: DockerRig,
-    baked: image_build.BuildResult,
+    baked: image_built.BuildResult,
     baked_identity: render.Identity,
     tiny: tuple[Path, Artifact],
     work: Path,
@@ -326,7 +328,7 @@ def test_baked_image_serves_a_request_with_no_network(
 
 
 def test_an_up_to_date_image_is_not_rebuilt(
-    docker_rig: DockerRig, baked: image_build.BuildResult, loaded: LoadedRecipe, tiny: tuple[Path, Artifact]
+    docker_rig: DockerRig, baked: image_built.BuildResult, loaded: LoadedRecipe, tiny: tuple[Path, Artifact]
 ) -> None:
     _, art = tiny
     again = image_build.build(
@@ -347,7 +349,7 @@ def test_an_up_to_date_image_is_not_rebuilt(
 
 def test_code_only_rebuild_reuses_every_weight_layer(
     docker_rig: DockerRig,
-    baked: image_build.BuildResult,
+    baked: image_built.BuildResult,
     loaded: LoadedRecipe,
     tiny: tuple[Path, Artifact],
     work: Path,
@@ -382,7 +384,7 @@ def test_code_only_rebuild_reuses_every_weight_layer(
 
 def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     docker_rig: DockerRig,
-    baked: image_build.BuildResult,
+    baked: image_built.BuildResult,
     loaded: LoadedRecipe,
     tiny: tuple[Path, Artifact],
     work: Path,
@@ -404,7 +406,7 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     )
     push_s = time.monotonic() - started
     assert pushed.pushed and pushed.uploaded_layers >= len(WEIGHT_STEPS) + len(CODE_STEPS)
-    assert image_build.is_pushed(pushed, client=client)
+    assert image_push.is_pushed(pushed, client=client)
 
     # A code-only release: the registry already has every layer but the code ones.
     shipped_code_copy(work / "code-v3", monkeypatch, "v3")
@@ -465,7 +467,7 @@ def volume_store(s3_server: Any, tiny: tuple[Path, Artifact], work: Path) -> dic
 @pytest.fixture(scope="module")
 def slim(
     docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact], volume_store: dict[str, str]
-) -> image_build.BuildResult:
+) -> image_built.BuildResult:
     _, art = tiny
     return image_build.build(
         loaded,
@@ -482,7 +484,7 @@ def slim(
 
 def test_volume_image_serves_from_a_volume_seeded_by_volume_sync(
     docker_rig: DockerRig,
-    slim: image_build.BuildResult,
+    slim: image_built.BuildResult,
     tiny: tuple[Path, Artifact],
     volume_store: dict[str, str],
     work: Path,
@@ -517,7 +519,7 @@ def test_volume_image_serves_from_a_volume_seeded_by_volume_sync(
 
 def test_volume_image_pulls_into_an_empty_volume_then_serves(
     docker_rig: DockerRig,
-    slim: image_build.BuildResult,
+    slim: image_built.BuildResult,
     tiny: tuple[Path, Artifact],
     volume_store: dict[str, str],
     work: Path,

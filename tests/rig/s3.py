@@ -248,7 +248,7 @@ def _write_random(folder: Path, rel: str, size: int, rng: random.Random) -> Any:
 def load_artifact(folder: Path) -> Any:
     """A `packager.artifact.Artifact` for an artifact directory (its manifest says the rest)."""
     from artifact_format import manifest as mf
-    from packager.pipeline.artifact import Artifact
+    from packager.convert.artifact import Artifact
 
     manifest = mf.load(folder)
     return Artifact(name=manifest.name, id=mf.artifact_id_of(folder), dir=folder, manifest=manifest)

@@ -1,0 +1,252 @@
+"""The streaming part of conversion: one job per output file, cast chunk by chunk on a small thread
+pool and written at final offsets while a thread per file hashes, so memory stays at a few chunk
+buffers however big the model is."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from artifact_format import manifest as mf
+from packager.convert.safetensors_writer import (
+    Engine,
+    Entry,
+    FileWriter,
+    Layout,
+    dtype_code,
+    dtype_label,
+    layout,
+)
+from packager.convert.settings import ConvertSettings
+from packager.convert.tensor_reader import TensorSet
+from packager.convert.weights import dedupe_aliases
+from packager.errors import ConvertError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class WeightsJob:
+    """One output weights file and where its tensors come from.
+
+    Sources are opened only when the job's turn comes (`torch.load` of a big `.bin` takes a
+    while), so the first file is already being cast while the next ones are opened.
+    """
+
+    out_rel: str
+    origin: str  # source file(s), for messages
+    opener: Callable[[], TensorSet]
+    size_hint: int  # source bytes: the biggest file goes first
+    component: Any  # its model_index.json entry, for tied-weight rules
+    dtype: torch.dtype
+    tensors: TensorSet | None = None
+    names: list[str] = field(default_factory=list)
+    kept_fp32: set[str] = field(default_factory=set)
+    overflowed: set[str] = field(default_factory=set)
+    writer: FileWriter | None = None
+    flat: _FlatSource | None = None
+
+    def open(self) -> TensorSet:
+        if self.tensors is None:
+            self.tensors = self.opener()
+            self.names = dedupe_aliases(self.tensors, self.component)
+        return self.tensors
+
+    def close(self) -> None:
+        if self.tensors is not None:
+            self.tensors.close()
+
+
+class _FlatSource:
+    """1-D views of the source tensors; non-contiguous ones are copied once while in use."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+        self._copies: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def flat(self, name: str) -> torch.Tensor:
+        t = self._tensors[name]
+        if t.is_contiguous():
+            return t.reshape(-1)
+        with self._lock:
+            copy = self._copies.get(name)
+            if copy is None:
+                copy = self._copies[name] = t.contiguous().reshape(-1)
+            return copy
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._copies.pop(name, None)
+
+
+def run_jobs(
+    jobs: list[WeightsJob], tmp: Path, settings: ConvertSettings, verify: bool, workers: int, progress: bool
+) -> list[mf.FileEntry]:
+    from packager.convert.verify import ReadBack
+
+    # Largest first: its hash is the longest sequential task, so it should start first.
+    jobs = sorted(jobs, key=lambda j: (-j.size_hint, j.out_rel))
+    engine = Engine(workers)
+    bar = _progress_bar(jobs, progress)
+    try:
+
+        def start(job: WeightsJob) -> None:
+            try:
+                queue_file(job)
+            except BaseException as exc:
+                engine.fail(exc)  # stop the other files' work too, now
+                raise
+
+        def queue_file(job: WeightsJob) -> None:
+            out_path = tmp / job.out_rel
+            out_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            tensors = job.open()
+            plan = _layout_for(job)
+            if bar is not None:
+                bar.total += plan.data_bytes
+                bar.refresh()
+            job.flat = _FlatSource(tensors.tensors)
+            fill = _filler(job, plan, settings, engine.chunk_bytes)
+            readback = None
+            if verify:
+                origin = tensors.origin
+
+                def readback(path: Path) -> ReadBack:
+                    return ReadBack(path, job.out_rel, plan, origin)
+
+            job.writer = FileWriter(engine, out_path, plan, fill, readback, bar.update if bar else None)
+            job.writer.start()
+
+        # Two files are queued at once, each with its own buffers: while the biggest file's hash
+        # (sequential by nature) catches up, the next file is opened and cast.
+        with ThreadPoolExecutor(2, thread_name_prefix="queue") as queuers:
+            try:
+                queued = [queuers.submit(start, job) for job in jobs]
+                for job, started in zip(jobs, queued, strict=True):
+                    _wait(started, engine)
+                    assert job.writer is not None
+                    job.writer.wait_written()
+                    if job.overflowed:
+                        # keep_fp32: the first pass found every tensor that overflows; write the file
+                        # again with those in fp32 (fp32 holds any value the source had: once is enough).
+                        job.writer.abandon()
+                        job.kept_fp32 |= job.overflowed
+                        job.overflowed = set()
+                        start(job)
+            except BaseException as exc:
+                engine.fail(exc)  # before leaving the block, which waits for the queueing threads
+                raise
+        out = []
+        for job in jobs:
+            assert job.writer is not None
+            size, sha = job.writer.finish()
+            if job.overflowed:  # only an fp64 source beyond even fp32's range gets here
+                raise ConvertError(f"{job.origin}: {sorted(job.overflowed)[0]} overflows even float32")
+            codes = [dtype_code(e.dtype) for e in job.writer.plan.entries]
+            out.append(mf.FileEntry(job.out_rel, size, sha, len(codes), dtype_label(codes)))
+        return out
+    except BaseException as exc:
+        engine.fail(exc)
+        raise
+    finally:
+        engine.close()
+        for job in jobs:
+            if job.writer is not None:
+                job.writer.close()
+        if bar is not None:
+            bar.close()
+
+
+def _wait(future: Future[Any], engine: Engine) -> None:
+    """The future's result, giving up as soon as any other task of the engine has failed."""
+    while True:
+        try:
+            future.result(timeout=0.05)
+            return
+        except FutureTimeout:
+            engine.raise_if_failed()
+
+
+def _layout_for(job: WeightsJob) -> Layout:
+    import torch
+
+    specs = []
+    assert job.tensors is not None
+    for name in job.names:
+        t = job.tensors.tensors[name]
+        out = t.dtype
+        if t.is_floating_point():
+            out = torch.float32 if name in job.kept_fp32 else job.dtype
+        specs.append((name, out, tuple(t.shape)))
+    return layout(specs)
+
+
+def _filler(
+    job: WeightsJob, plan: Layout, settings: ConvertSettings, chunk_bytes: int
+) -> Callable[[Entry, int, int, Any], None]:
+    """Cast one piece into the output buffer, catching values the target dtype cannot hold."""
+    import torch
+
+    assert job.flat is not None
+    flat = job.flat
+    # How many chunks each tensor spans: its contiguous copy (if any) is dropped after the last.
+    remaining = {
+        e.name: (e.start + e.nbytes - 1) // chunk_bytes - e.start // chunk_bytes + 1
+        for e in plan.entries
+        if e.nbytes
+    }
+    lock = threading.Lock()
+
+    def fill(entry: Entry, lo: int, hi: int, dst: torch.Tensor) -> None:
+        src_full = flat.flat(entry.name)
+        src = src_full[lo:hi]
+        dst.copy_(src)
+        if (
+            src.dtype != dst.dtype
+            and dst.is_floating_point()
+            and torch.finfo(dst.dtype).max < torch.finfo(src.dtype).max
+        ):
+            lo_v, hi_v = torch.aminmax(dst)
+            if not (torch.isfinite(lo_v) and torch.isfinite(hi_v)):
+                overflow = int(torch.isinf(dst).sum()) > int(torch.isinf(src).sum())
+                if overflow:
+                    _overflow(job, entry, src_full, settings)
+        with lock:
+            remaining[entry.name] -= 1
+            last = remaining[entry.name] == 0
+        if last:
+            flat.release(entry.name)
+
+    return fill
+
+
+def _overflow(job: WeightsJob, entry: Entry, src: torch.Tensor, settings: ConvertSettings) -> None:
+    import torch
+
+    if settings.fp16_overflow == "keep_fp32":
+        job.overflowed.add(entry.name)
+        return
+    finite = src[torch.isfinite(src)]
+    peak = float(finite.abs().max()) if finite.numel() else float("nan")
+    kind = str(entry.dtype).removeprefix("torch.")
+    where = job.tensors.origin.get(entry.name, job.origin) if job.tensors else job.origin
+    raise ConvertError(
+        f"{where}: tensor {entry.name} has values beyond the {kind} "
+        f"range (max |x| = {peak:.6g}); set fp16_overflow: keep_fp32 to keep it in fp32, "
+        "or use precision: bf16"
+    )
+
+
+def _progress_bar(jobs: list[WeightsJob], enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=0, unit="B", unit_scale=True, desc="convert", leave=False)

@@ -1,0 +1,98 @@
+"""model_index.json for the artifact: dropped components, pipeline and scheduler overrides, each
+checked against diffusers before any weight is written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from artifact_format.vocab import (
+    MODEL_INDEX,
+)
+from packager.convert.settings import ConvertSettings
+from packager.errors import ConvertError
+
+
+@dataclass
+class PipelinePlan:
+    pipeline: str
+    index_bytes: bytes | None  # rewritten model_index.json, None to copy it unchanged
+    scheduler_record: dict[str, Any]
+
+
+def plan_pipeline(index: dict[str, Any], settings: ConvertSettings) -> PipelinePlan:
+    """Apply drops and overrides to model_index.json; check them against diffusers when needed."""
+    components = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
+    for comp in settings.drop:
+        if comp not in components:
+            raise ConvertError(
+                f"components.drop: {comp!r} is not a component of this pipeline "
+                f"(components: {', '.join(sorted(components))})"
+            )
+    pipeline = settings.pipeline or str(index.get("_class_name", ""))
+    if not pipeline:
+        raise ConvertError(f"{MODEL_INDEX}: no _class_name (not a diffusers pipeline)")
+    new_index = dict(index)
+    for comp in settings.drop:
+        new_index[comp] = [None, None]
+    if "safety_checker" in settings.drop and "requires_safety_checker" in new_index:
+        new_index["requires_safety_checker"] = False
+    new_index["_class_name"] = pipeline
+    source_scheduler = index.get("scheduler")
+    source_class = (
+        source_scheduler[1] if isinstance(source_scheduler, list) and len(source_scheduler) == 2 else None
+    )
+    record: dict[str, Any] = {"class": source_class, "overridden": False}
+    if settings.pipeline or settings.drop:
+        # Costs a diffusers import (seconds), worth it: a bad drop would otherwise surface only
+        # when a worker fails to load the model.
+        _check_pipeline_components(pipeline, new_index, settings)
+    if settings.scheduler:
+        if source_class is None:
+            raise ConvertError("scheduler: this pipeline has no scheduler component to replace")
+        new_index["scheduler"] = ["diffusers", settings.scheduler]
+        record = {"class": settings.scheduler, "overridden": True, "source_class": source_class}
+    changed = new_index != index
+    return PipelinePlan(
+        pipeline=pipeline,
+        index_bytes=(json.dumps(new_index, indent=2, sort_keys=True) + "\n").encode() if changed else None,
+        scheduler_record=record,
+    )
+
+
+def _check_pipeline_components(pipeline: str, index: dict[str, Any], settings: ConvertSettings) -> None:
+    """Refuse a pipeline class diffusers does not have, or drops it cannot load without."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ConvertError(f"pipeline: {pipeline!r} is not a diffusers pipeline class")
+    expected, _optional = cls._get_signature_keys(cls)
+    optional = set(getattr(cls, "_optional_components", []) or [])
+    required = set(expected) - optional
+    for comp in settings.drop:
+        if comp in required:
+            raise ConvertError(
+                f"components.drop: {pipeline} cannot run without {comp!r} "
+                f"(optional components: {', '.join(sorted(optional)) or 'none'})"
+            )
+    present = {k for k, v in index.items() if isinstance(v, list) and v != [None, None]}
+    missing = sorted(required - present - set(settings.drop))
+    if missing and settings.pipeline:
+        raise ConvertError(f"pipeline: {pipeline} needs components this model lacks: {', '.join(missing)}")
+
+
+def scheduler_override(src_config: dict[str, Any], class_name: str) -> bytes:
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ConvertError(f"scheduler: {class_name!r} is not a diffusers scheduler class")
+    try:
+        scheduler = cls.from_config(src_config)
+    except Exception as exc:  # diffusers raises plain ValueError/TypeError for incompatible configs
+        raise ConvertError(
+            f"scheduler: {class_name} cannot be built from the source config ({exc})"
+        ) from None
+    return scheduler.to_json_string().encode()
