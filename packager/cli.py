@@ -1,4 +1,4 @@
-"""The `packager` command: a click group whose commands live in packager/commands/, one file per area.
+"""The `packager` command: a click group whose commands live in packager/commands/, one module each.
 
 Heavy libraries (torch, diffusers, boto3, docker) are imported inside the commands that use them, so
 `packager --help` and no-op re-runs stay fast.
@@ -11,7 +11,23 @@ import sys
 import click
 
 from packager import __version__
-from packager.commands import core, deploy, image, package, plan, serve, source, store
+from packager.commands.build import build_command
+from packager.commands.convert import convert
+from packager.commands.deploy import deploy
+from packager.commands.fetch import fetch
+from packager.commands.gc import gc
+from packager.commands.lock import lock
+from packager.commands.package import package
+from packager.commands.package_all import package_all
+from packager.commands.plan import plan
+from packager.commands.pull import pull
+from packager.commands.render import render_command
+from packager.commands.seed import seed
+from packager.commands.serve import serve
+from packager.commands.smoke import smoke
+from packager.commands.upload import upload
+from packager.commands.validate import validate
+from packager.commands.verify import verify
 from packager.errors import PackagerError
 
 
@@ -25,9 +41,27 @@ def cli() -> None:
     """
 
 
-for _module in (core, source, store, image, serve, package, deploy, plan):
-    for _command in _module.COMMANDS:
-        cli.add_command(_command)
+# Each command lives in the module named after it; click lists them alphabetically.
+for _command in (
+    validate,
+    lock,
+    fetch,
+    convert,
+    verify,
+    upload,
+    pull,
+    seed,
+    render_command,
+    build_command,
+    serve,
+    smoke,
+    package,
+    package_all,
+    gc,
+    deploy,
+    plan,
+):
+    cli.add_command(_command)
 
 
 def main() -> None:

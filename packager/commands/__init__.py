@@ -1,1 +1,1 @@
-"""CLI commands, one module per area; each exposes COMMANDS for packager.cli to register."""
+"""CLI commands, one module per command (`packager convert` is commands/convert.py); cli.py registers them."""

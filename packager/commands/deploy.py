@@ -113,6 +113,3 @@ def _endpoint_url(endpoint_id: str) -> str:
     import runpod
 
     return f"{runpod.endpoint_url_base}/{endpoint_id}/runsync"
-
-
-COMMANDS: list[click.Command] = [deploy]

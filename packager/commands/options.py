@@ -18,3 +18,18 @@ mode_option = click.option(
     default=None,
     help="Weights baked into the image, or on a RunPod network volume (default: the recipe's `mode`).",
 )
+base_image_option = click.option(
+    "--base-image",
+    metavar="IMAGE",
+    default=None,
+    help="Base image instead of the recipe's `image.base` (e.g. a CUDA PyTorch image of your own).",
+)
+
+
+find_links_option = click.option(
+    "--find-links",
+    "pip_find_links",
+    metavar="URL",
+    default=None,
+    help="Install the worker's packages only from this wheelhouse URL (offline builds); no credentials.",
+)

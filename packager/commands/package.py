@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import click
 
-from artifact_format.vocab import short_id
 from packager.commands.options import frozen_option, mode_option, recipe_argument
 from packager.output import emit, grid, human_bytes, json_option
 from packager.source.recipe import load_recipe
@@ -92,86 +85,3 @@ def summary_table(r: dict[str, Any]) -> str:
         [(s["name"], s["status"], f"{s['seconds']:.2f}", s["detail"]) for s in r["stages"]],
     )
     return stages + "\n\n" + "\n".join(lines)
-
-
-@click.command("package-all")
-@click.argument("folder", default="recipes", type=click.Path(file_okay=False, path_type=Path))
-@mode_option
-@frozen_option
-@click.option("-j", "--jobs", type=int, default=None, help="Recipes packaged at once (default: cores / 2).")
-@click.option(
-    "--image",
-    "image_policy",
-    type=click.Choice(["build", "render", "auto"]),
-    default="auto",
-    show_default=True,
-    help="As for `package`.",
-)
-@json_option
-def package_all(
-    folder: Path, mode: str | None, frozen: bool, jobs: int | None, image_policy: str, as_json: bool
-) -> None:
-    """Package every recipe under FOLDER; one failing recipe does not stop the others."""
-    recipes = sorted(folder.rglob("*.yaml"))
-    if not recipes:
-        raise click.ClickException(f"{folder}: no *.yaml recipes found")
-    jobs = jobs or max(1, (os.cpu_count() or 2) // 2)
-
-    def one(path: Path) -> dict[str, Any]:
-        cmd = [sys.executable, "-m", "packager", "package", str(path), "--json", "--image", image_policy]
-        if mode:
-            cmd += ["--mode", mode]
-        if frozen:
-            cmd.append("--frozen")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            return {"recipe": str(path), "ok": True, **json.loads(proc.stdout)}
-        lines = proc.stderr.strip().splitlines()
-        return {"recipe": str(path), "ok": False, "error": lines[-1] if lines else f"exit {proc.returncode}"}
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(one, recipes))
-    failed = [r for r in results if not r["ok"]]
-    rows = [
-        (
-            r["recipe"],
-            "ok" if r["ok"] else "FAILED",
-            short_id(r.get("artifact_id") or ""),
-            r.get("image_tag") or "",
-            r.get("error", ""),
-        )
-        for r in results
-    ]
-    emit(
-        {"results": results, "failed": len(failed)},
-        as_json,
-        grid(["recipe", "result", "artifact", "image", "error"], rows),
-    )
-    if failed:
-        sys.exit(1)
-
-
-@click.command()
-@click.option(
-    "--recipes",
-    "recipes_dir",
-    default="recipes",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the recipes (and their locks) live.",
-)
-@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
-@click.option(
-    "--images/--no-images", default=True, help="Also remove local images of unreferenced artifacts."
-)
-@json_option
-def gc(recipes_dir: Path, dry_run: bool, images: bool, as_json: bool) -> None:
-    """Remove artifacts, store prefixes and local images that no recipe's lock points at."""
-    from packager.pipeline.gc import collect
-
-    removed = collect(recipes_dir, dry_run=dry_run, images=images)
-    verb = "would remove" if dry_run else "removed"
-    text = "\n".join(f"{verb} {kind}: {what}" for kind, what in removed) or "nothing to remove"
-    emit({"dry_run": dry_run, "removed": [{"kind": k, "what": w} for k, w in removed]}, as_json, text)
-
-
-COMMANDS = [package, package_all, gc]

@@ -277,6 +277,3 @@ def _secs(seconds: float) -> str:
 def _span(span: tuple[float, float]) -> str:
     lo, hi = _secs(span[0]), _secs(span[1])
     return lo if lo == hi else f"{lo.removesuffix(' s')}–{hi}"
-
-
-COMMANDS: list[click.Command] = [plan]

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from packager.commands.options import frozen_option, recipe_argument
-from packager.output import emit, human_bytes, json_option, progress_enabled, table
+from packager.commands.options import recipe_argument
+from packager.output import emit, human_bytes, json_option, table
 from packager.source.recipe import load_recipe
 
 
@@ -36,7 +36,7 @@ def lock(recipe_file: str, check: bool, as_json: bool) -> None:
         if reasons:
             raise DriftError(f"{path} is out of date: {'; '.join(reasons)}")
         if not as_json and current is not None:
-            click.echo(f"{path}: up to date ({_source_line(current.source)})")
+            click.echo(f"{path}: up to date ({source_line(current.source)})")
         return
     current, status, reasons = refresh_lock(loaded, quiet=as_json)
     if as_json:
@@ -45,7 +45,7 @@ def lock(recipe_file: str, check: bool, as_json: bool) -> None:
     headline = f"{path}: {status}" + (f" ({'; '.join(reasons)})" if reasons else "")
     summary = {
         "name": current.name,
-        "source": _source_line(current.source),
+        "source": source_line(current.source),
         "files": f"{len(current.files)} ({human_bytes(current.total_bytes)})",
         "fingerprint": current.fingerprint,
         "artifact": current.artifact_id,
@@ -53,43 +53,7 @@ def lock(recipe_file: str, check: bool, as_json: bool) -> None:
     emit(summary, False, headline + "\n" + table(summary))
 
 
-@click.command()
-@recipe_argument
-@frozen_option
-@json_option
-def fetch(recipe_file: str, frozen: bool, as_json: bool) -> None:
-    """Download exactly the files RECIPE's pipeline needs, into the Hugging Face cache.
-
-    Locks first when there is no lock (or re-locks on drift, unless --frozen). Only the component
-    folders model_index.json names are fetched, in one weight format: never root checkpoints,
-    onnx/flax exports or dropped components. Files already in the cache are not downloaded again.
-    """
-    from packager.source.drift import ensure_lock
-    from packager.source.fetch import fetch as fetch_files
-
-    loaded = load_recipe(recipe_file)
-    current = ensure_lock(loaded, frozen=frozen, quiet=as_json)
-    result = fetch_files(loaded, current, quiet=not progress_enabled(as_json))
-    data: dict[str, Any] = {
-        "name": current.name,
-        "source": _source_line(current.source),
-        "root": str(result.root),
-        "files": result.files,
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "bytes_downloaded": result.bytes_downloaded,
-        "bytes_total": current.total_bytes + int((current.source.get("checkpoint") or {}).get("size", 0)),
-    }
-    if as_json:
-        emit(data, True)
-        return
-    shown = dict(data)
-    shown["files"] = len(result.files)
-    shown["bytes_downloaded"] = human_bytes(result.bytes_downloaded)
-    shown["bytes_total"] = human_bytes(data["bytes_total"])
-    emit(shown, False)
-
-
-def _source_line(source: dict[str, Any]) -> str:
+def source_line(source: dict[str, Any]) -> str:
     kind = source.get("kind")
     if kind == "hub":
         variant = f" variant {source['variant']}" if source.get("variant") else ""
@@ -99,6 +63,3 @@ def _source_line(source: dict[str, Any]) -> str:
     checkpoint = source.get("checkpoint") or {}
     origin = source.get("url") if kind == "url" else "local file"
     return f"{checkpoint.get('name')} ({origin}), sha256 {str(checkpoint.get('sha256'))[:12]}"
-
-
-COMMANDS: list[click.Command] = [lock, fetch]

@@ -7,104 +7,21 @@ never the weights.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
 
-from packager.commands.options import frozen_option, mode_option, recipe_argument
+from packager.commands.options import (
+    base_image_option,
+    find_links_option,
+    frozen_option,
+    mode_option,
+    recipe_argument,
+)
 from packager.output import emit, grid, human_bytes, json_option
 
 if TYPE_CHECKING:
     from artifact_format.vocab import Mode
-
-base_image_option = click.option(
-    "--base-image",
-    metavar="IMAGE",
-    default=None,
-    help="Base image instead of the recipe's `image.base` (e.g. a CUDA PyTorch image of your own).",
-)
-find_links_option = click.option(
-    "--find-links",
-    "pip_find_links",
-    metavar="URL",
-    default=None,
-    help="Install the worker's packages only from this wheelhouse URL (offline builds); no credentials.",
-)
-
-
-@click.command("render")
-@recipe_argument
-@mode_option
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Context folder (default: build/contexts/<name>/<id>-<mode>/). Replaced whole.",
-)
-@base_image_option
-@find_links_option
-@frozen_option
-@json_option
-def render_command(
-    recipe_file: str,
-    mode: str | None,
-    out_dir: Path | None,
-    base_image: str | None,
-    pip_find_links: str | None,
-    frozen: bool,
-    as_json: bool,
-) -> None:
-    """Write RECIPE's Dockerfile and build context; no Docker engine needed.
-
-    The weights are hard-linked from the artifact (baked mode), the worker code is copied, and the
-    Dockerfile orders layers so that a code change rebuilds only the last ones. Build it yourself
-    with `docker build --build-arg BASE_IMAGE=... DIR`, or let `packager build` do it.
-    """
-    from packager.pipeline.run import ImageOptions, Run
-    from packager.pipeline.stages import ensure_image, ensure_lock
-    from packager.source.recipe import load_recipe
-
-    loaded = load_recipe(recipe_file)
-    chosen = cast("Mode", mode or loaded.recipe.mode)
-    options = ImageOptions(
-        policy="render",
-        base_image=base_image,
-        pip_find_links=pip_find_links,
-        out_dir=out_dir,
-        fresh_context=True,
-    )
-    run = Run(loaded, chosen, frozen=frozen, quiet=as_json, image=options)
-    ensure_lock(run)
-    ensure_image(run)
-    result = run.rendered
-    assert result is not None  # fresh_context: always rendered
-    artifact_id = run.artifact_id
-    data = {
-        "name": loaded.recipe.name,
-        "mode": chosen,
-        "artifact_id": artifact_id,
-        "tag": result.tag,
-        "context_dir": str(result.context_dir),
-        "dockerfile": str(result.dockerfile),
-        "base_image": result.base_image,
-        "layers": list(result.layer_steps),
-        "hard_linked": result.linked,
-        "copied": result.copied,
-    }
-    text = "\n".join(
-        [
-            f"rendered {result.dockerfile}",
-            f"tag      {result.tag}",
-            f"base     {result.base_image}",
-            f"weights  {result.linked} hard-linked, {result.copied} copied",
-            "layers   " + ", ".join(result.layer_steps),
-            f"build    docker build -t {result.tag} {result.context_dir}",
-        ]
-    )
-    emit(data, as_json, text)
 
 
 @click.command("build")
@@ -182,6 +99,3 @@ def build_command(
         ]
     )
     emit(result.to_json(), as_json, text)
-
-
-COMMANDS: list[click.Command] = [render_command, build_command]
