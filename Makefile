@@ -11,7 +11,7 @@ MODE ?=
 MODE_FLAG := $(if $(MODE),--mode $(MODE),)
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-e2e test-gpu lint package package-all serve smoke bench clean
+.PHONY: setup demo test test-e2e test-gpu lint fmt package package-all serve smoke bench clean
 
 setup: $(STAMP)
 
@@ -37,11 +37,18 @@ test-e2e: setup
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests/test_worker_gpu.py
 
+# Style, formatting, strict types, the import layers (pyproject's importlinter contracts) and the
+# rendered Dockerfiles. `make fmt` fixes what can be fixed by machine.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy packager worker_runtime volume_sync
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m packager.image.lint_dockerfiles
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 package: setup
 	$(VENV)/bin/packager package $(RECIPE) $(MODE_FLAG)

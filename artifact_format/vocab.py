@@ -36,6 +36,11 @@ INDEX_RE = re.compile(
     r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
 )
 
+# The packing rules' version, recorded in every manifest (`packing.converter`). Bumped whenever the
+# converter's output bytes can change for the same input: it is hashed into the lock's fingerprint,
+# so a new converter invalidates old locks as surely as a new source does.
+CONVERTER_VERSION = "1"
+
 ARTIFACT_ID_LEN = 64
 # Artifact ids are shortened to this many hex digits in tags, folder names and messages: 48 bits, so
 # two artifacts of one recipe colliding is not a practical concern.

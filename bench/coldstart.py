@@ -251,7 +251,8 @@ def _run_once(setup: Setup, variant: str) -> Run:
 
 def _prepare(tiny: bool, device: str, precision: str, job: dict[str, Any]) -> Setup:
     from artifact_format import manifest as mf
-    from packager.convert.converter import ConvertSettings, convert
+    from packager.convert.converter import convert
+    from packager.convert.settings import ConvertSettings
     from packager.settings import build_dir
 
     work = build_dir().resolve() / "bench" / "coldstart"

@@ -86,7 +86,8 @@ def _child(variant: str, src: Path, out: Path) -> dict[str, Any]:
     elif variant in ("convert", "no-verify"):
         import torch  # imported by convert() anyway: timed apart, like the naive path's
 
-        from packager.convert.converter import ConvertSettings, convert
+        from packager.convert.converter import convert
+        from packager.convert.settings import ConvertSettings
 
         imported = time.perf_counter()
         files = sorted(

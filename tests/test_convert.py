@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from artifact_format import manifest as mf
-from packager.convert.converter import ConvertSettings, convert
+from packager.convert.converter import convert
+from packager.convert.settings import ConvertSettings
 from packager.convert.verify import verify_artifact
 from packager.errors import ConvertError, VerifyError
 from tests.rig.layouts import add_fp16_variants, shard_bin, to_bin, without_safety_checker
@@ -124,7 +125,8 @@ def test_fp16_artifact_is_the_source_cast_bit_for_bit(sources, tmp_path):
     listed = {f.path for f in manifest.files}
     assert listed == set(files_of(out)) - {mf.MANIFEST_NAME}
     for f in manifest.files:
-        assert mf.sha256_file(out / f.path) == f.sha256 and (out / f.path).stat().st_size == f.size
+        assert mf.sha256_file(out / f.path) == f.sha256
+        assert (out / f.path).stat().st_size == f.size
     assert mf.artifact_id_of(out) == manifest.artifact_id
     assert (manifest.name, manifest.source, manifest.precision) == ("tiny", SOURCE, "fp16")
     assert manifest.pipeline == "StableDiffusionPipeline"
@@ -135,7 +137,8 @@ def test_fp16_artifact_is_the_source_cast_bit_for_bit(sources, tmp_path):
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(out, dtype=torch.float16)
-    assert pipe.unet.dtype == torch.float16 and pipe.safety_checker is not None
+    assert pipe.unet.dtype == torch.float16
+    assert pipe.safety_checker is not None
 
 
 def test_fp32_from_bin_gives_the_same_image_as_the_source(sources, tmp_path):
@@ -197,7 +200,8 @@ def test_fp16_variant_and_sharded_inputs_come_out_under_the_standard_names(sourc
     assert not list((tmp_path / "variant").rglob("*.fp16.*"))
     merged = tensors(tmp_path / "merged" / "text_encoder" / "model.safetensors")
     want = source_tensors(sources["bin"] / "text_encoder")
-    assert sorted(merged) == sorted(want) and all(bits_equal(merged[k], t.half()) for k, t in want.items())
+    assert sorted(merged) == sorted(want)
+    assert all(bits_equal(merged[k], t.half()) for k, t in want.items())
     assert sorted(p.name for p in (tmp_path / "merged" / "text_encoder").iterdir()) == [
         "config.json",
         "model.safetensors",
@@ -263,7 +267,8 @@ def test_tied_tensors_are_stored_once_when_the_class_reties_them(tmp_path):
 
     manifest = run(src, tmp_path / "out")
     got = tensors(tmp_path / "out" / "text_encoder" / "model.safetensors")
-    assert "shared.weight" in got and "encoder.embed_tokens.weight" not in got
+    assert "shared.weight" in got
+    assert "encoder.embed_tokens.weight" not in got
     assert manifest.file("text_encoder/model.safetensors").tensors == len(state) - 1
     loaded = T5EncoderModel.from_pretrained(tmp_path / "out" / "text_encoder").eval()
     assert torch.equal(loaded.encoder.embed_tokens.weight, state["shared.weight"].half().float())
@@ -283,7 +288,8 @@ def test_aliases_a_class_does_not_retie_are_written_under_every_name(sources, tm
     torch.save(state, te)
     run(src, tmp_path / "out")
     got = tensors(tmp_path / "out" / "text_encoder" / "model.safetensors")
-    assert bits_equal(got[a], got[b]) and bits_equal(got[b], state[a].half())
+    assert bits_equal(got[a], got[b])
+    assert bits_equal(got[b], state[a].half())
 
 
 def test_fp16_overflow_fails_naming_the_tensor_or_keeps_it_in_fp32(sources, tmp_path):
@@ -311,8 +317,10 @@ def test_fp16_overflow_fails_naming_the_tensor_or_keeps_it_in_fp32(sources, tmp_
 
     manifest = run(src, tmp_path / "keep", fp16_overflow="keep_fp32")
     got = tensors(tmp_path / "keep" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert got[big].dtype == torch.float32 and torch.equal(got[big], state[big])
-    assert got["conv_in.bias"].dtype == torch.float16 and torch.isinf(got["conv_in.bias"][0])
+    assert got[big].dtype == torch.float32
+    assert torch.equal(got[big], state[big])
+    assert got["conv_in.bias"].dtype == torch.float16
+    assert torch.isinf(got["conv_in.bias"][0])
     assert got["conv_out.weight"].dtype == torch.float16
     assert manifest.packing["kept_fp32"] == {"unet/diffusion_pytorch_model.safetensors": [big]}
     assert manifest.file("unet/diffusion_pytorch_model.safetensors").dtype == "float16+float32"
@@ -335,9 +343,11 @@ def test_dropped_components_and_a_scheduler_override_load_with_plain_diffusers(s
         scheduler="DPMSolverMultistepScheduler",
     )
     out = tmp_path / "out"
-    assert not (out / "safety_checker").exists() and not (out / "feature_extractor").exists()
+    assert not (out / "safety_checker").exists()
+    assert not (out / "feature_extractor").exists()
     index = json.loads((out / "model_index.json").read_text())
-    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    assert index["safety_checker"] == [None, None]
+    assert index["feature_extractor"] == [None, None]
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
     assert (
         json.loads((out / "scheduler" / "scheduler_config.json").read_text())["beta_schedule"]
@@ -484,7 +494,8 @@ _KILL_DRIVER = """
 import sys, time
 from pathlib import Path
 from packager.convert import safetensors_writer
-from packager.convert.converter import ConvertSettings, convert
+from packager.convert.converter import convert
+from packager.convert.settings import ConvertSettings
 
 real = safetensors_writer.FileWriter._fill_chunk
 def stalled(self, index, buf):
@@ -511,7 +522,8 @@ def test_a_killed_convert_leaves_nothing_that_looks_complete(sources, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         leftovers = list(out.parent.glob(".tiny.tmp-*"))
-        assert leftovers and list(leftovers[0].rglob("*.safetensors"))  # it was really mid-write
+        assert leftovers
+        assert list(leftovers[0].rglob("*.safetensors"))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from packager.convert.converter import ConvertSettings, convert
+from packager.convert.converter import convert
+from packager.convert.settings import ConvertSettings
 from packager.convert.verify import verify_artifact
 from packager.source.select import select_files
 from tests.rig import layouts as L
@@ -78,9 +79,8 @@ def test_each_layout_converts_to_a_pipeline_plain_diffusers_loads(
         assert sorted(got) == sorted(want), entry.path
         for key, t in want.items():
             expected = t.half() if t.is_floating_point() else t
-            assert got[key].dtype == expected.dtype and torch.equal(got[key], expected), (
-                f"{entry.path}: {key}"
-            )
+            assert got[key].dtype == expected.dtype, f"{entry.path}: {key}"
+            assert torch.equal(got[key], expected), f"{entry.path}: {key}"
     pipe = DiffusionPipeline.from_pretrained(out, dtype=torch.float16)
     assert type(pipe).__name__ == index["_class_name"]
 

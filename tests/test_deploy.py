@@ -133,14 +133,16 @@ def test_first_deploy_creates_the_template_and_endpoint_the_recipe_describes(
     env = env_of(template)
     assert env["MODEL_DIR"] == f"/runpod-volume/models/tiny/{ARTIFACT_A}"
     assert env["ARTIFACT_URI"] == f"s3://models-bucket/store/tiny/{ARTIFACT_A}"
-    assert env["HF_HUB_OFFLINE"] == "1" and env["PULL_TIMEOUT_S"] == "90"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["PULL_TIMEOUT_S"] == "90"
     assert json.loads(env["WORKER_CONFIG"])["defaults"]["num_inference_steps"] == 4
     assert env["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"
     assert env["AWS_ACCESS_KEY_ID"] == "{{ RUNPOD_SECRET_store_key_id }}"
     assert env["BUCKET_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_bucket_secret }}"
 
     (endpoint,) = runpod_api.endpoints.values()
-    assert endpoint["id"] == out["endpoint"]["id"] and endpoint["name"] == "tiny-volume"
+    assert endpoint["id"] == out["endpoint"]["id"]
+    assert endpoint["name"] == "tiny-volume"
     assert endpoint["templateId"] == template["id"]
     assert endpoint["gpuIds"] == "AMPERE_24,ADA_24"
     assert endpoint["networkVolumeId"] == "vol123abc"
@@ -165,7 +167,8 @@ def test_a_second_identical_deploy_sends_no_mutation(
     assert len(runpod_api.mutations()) == before == 2
     assert "nothing to change" in again.stdout
     assert again.stdout.count("unchanged") == 2
-    assert first["template"]["id"] in again.stdout and first["endpoint"]["id"] in again.stdout
+    assert first["template"]["id"] in again.stdout
+    assert first["endpoint"]["id"] in again.stdout
 
 
 def test_a_new_image_updates_the_template_in_place_and_the_endpoint_keeps_it(
@@ -246,7 +249,8 @@ def test_dry_run_sends_nothing_and_needs_no_key(
     assert "flashBootType: FLASHBOOT" in plan["requests"][1]["document"]
 
     text = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", key=None, home=tmp_path)
-    assert text.returncode == 0 and "mutation { saveTemplate(input:" in text.stdout
+    assert text.returncode == 0
+    assert "mutation { saveTemplate(input:" in text.stdout
     assert runpod_api.requests == []
 
 
@@ -256,8 +260,10 @@ def test_missing_api_key_is_one_line_and_exit_2(
     result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=None, home=tmp_path)
 
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "RUNPOD_API_KEY" in result.stderr
-    assert result.stdout == "" and runpod_api.requests == []
+    assert result.stderr.count("\n") == 1
+    assert "RUNPOD_API_KEY" in result.stderr
+    assert result.stdout == ""
+    assert runpod_api.requests == []
 
 
 def test_a_rejected_key_is_one_line(runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path) -> None:
@@ -291,10 +297,11 @@ def test_two_endpoints_with_the_managed_name_are_refused(
 
     result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
 
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert (
-        one["id"] in result.stderr and two["id"] in result.stderr and "deploy.endpoint_name" in result.stderr
-    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert one["id"] in result.stderr
+    assert two["id"] in result.stderr
+    assert "deploy.endpoint_name" in result.stderr
     (template_after,) = [t for t in runpod_api.templates.values() if t["name"] == "tiny-baked-template"]
     assert runpod_api.endpoints[one["id"]]["templateId"] == template["id"]  # nothing repointed
     assert template_after["imageName"].endswith("-baked")
@@ -324,7 +331,8 @@ def test_undeployable_recipes_fail_before_any_request(
     result = run_deploy(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A, home=tmp_path)
 
     assert result.returncode == 2, result.stdout
-    assert result.stderr.count("\n") == 1 and expect in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert expect in result.stderr
     assert runpod_api.requests == []
 
 

@@ -41,7 +41,8 @@ def test_portraitplus_fetches_the_folders_and_never_the_root_checkpoints(hub, hu
     out = json.loads(result.stdout)
     folder = hub_layouts[L.PORTRAITPLUS].folder
     wanted = {rel: (folder / rel).stat().st_size for rel in out["files"]}
-    assert "unet/diffusion_pytorch_model.bin" in wanted and "safety_checker/pytorch_model.bin" in wanted
+    assert "unet/diffusion_pytorch_model.bin" in wanted
+    assert "safety_checker/pytorch_model.bin" in wanted
 
     sent = hub.files_sent(L.PORTRAITPLUS)
     assert sent == wanted  # each needed file once, in full; nothing else
@@ -53,7 +54,8 @@ def test_portraitplus_fetches_the_folders_and_never_the_root_checkpoints(hub, hu
     # The lock already fetched (and hashed) the small files; fetch downloaded the weights.
     assert out["bytes_downloaded"] == sum(s for rel, s in wanted.items() if rel.endswith(".bin"))
     root = Path(out["root"])
-    assert root.name == hub.head(L.PORTRAITPLUS) and root.parent.parent.name == "models--tiny--portraitplus"
+    assert root.name == hub.head(L.PORTRAITPLUS)
+    assert root.parent.parent.name == "models--tiny--portraitplus"
     assert all(sha256(root / rel) == sha256(folder / rel) for rel in wanted)
 
 
@@ -70,7 +72,8 @@ def test_variant_fetch_downloads_only_the_fp16_weights(hub, tmp_path):
         f.startswith(("vae_1_0/", "sd_xl_base")) or "onnx" in f or "openvino" in f
         for f in hub.files_sent(L.SDXL)
     )
-    assert lock.source["variant"] == "fp16" and set(result.files) == set(lock.files)
+    assert lock.source["variant"] == "fp16"
+    assert set(result.files) == set(lock.files)
 
 
 def test_dropped_components_are_not_fetched(hub, tmp_path):
@@ -114,22 +117,26 @@ def test_a_second_fetch_uses_the_cache_and_makes_no_request(hub, tmp_path):
     hub.reset_stats()
     loaded = load_recipe(recipe)
     second = fetch(loaded, lk.read_lock(loaded), quiet=True)
-    assert second.bytes_downloaded == 0 and second.root == first.root
+    assert second.bytes_downloaded == 0
+    assert second.root == first.root
     assert hub.requests() == []  # commit-pinned and cached: huggingface_hub answers from disk
 
 
 def test_frozen_fetch_needs_a_fresh_lock(hub, hub_env, tmp_path):
     recipe = hub_recipe(tmp_path, L.SD_FP16_BRANCH)
     missing = run_packager("fetch", str(recipe), "--frozen", env=hub_env)
-    assert missing.returncode == 2 and "no lock (--frozen)" in missing.stderr
-    assert not recipe.with_suffix(".lock").exists() and hub.files_sent(L.SD_FP16_BRANCH) == {}
+    assert missing.returncode == 2
+    assert "no lock (--frozen)" in missing.stderr
+    assert not recipe.with_suffix(".lock").exists()
+    assert hub.files_sent(L.SD_FP16_BRANCH) == {}
     dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
     recipe.write_text(recipe.read_text() + "precision: bf16\n")
     drifted = run_packager("fetch", str(recipe), "--frozen", env=hub_env)
     assert drifted.returncode == 2
     assert "is out of date (--frozen): recipe changed: precision 'fp16' → 'bf16'" in drifted.stderr
     relocked = run_packager("fetch", str(recipe), env=hub_env)
-    assert relocked.returncode == 0 and "warning:" in relocked.stderr
+    assert relocked.returncode == 0
+    assert "warning:" in relocked.stderr
     assert run_packager("fetch", str(recipe), "--frozen", "--json", env=hub_env).returncode == 0
 
 
@@ -172,8 +179,11 @@ def test_local_path_source_is_used_in_place(hub_layouts, tmp_path):
     loaded = load_recipe(write_recipe(tmp_path, "name: local\nsource:\n  path: model\n"))
     lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     result = fetch(loaded, lock, quiet=True)
-    assert result.root == folder.resolve() and result.bytes_downloaded == 0 and result.checkpoint is None
-    assert "unet/diffusion_pytorch_model.safetensors" in result.files and "README.md" not in result.files
+    assert result.root == folder.resolve()
+    assert result.bytes_downloaded == 0
+    assert result.checkpoint is None
+    assert "unet/diffusion_pytorch_model.safetensors" in result.files
+    assert "README.md" not in result.files
     (folder / "vae" / "config.json").write_text("{}")
     with pytest.raises(FetchError, match=r"vae/config\.json: .*run `packager lock`"):
         fetch(loaded, lock, quiet=True)
@@ -189,7 +199,8 @@ def test_url_checkpoint_is_cached_by_sha256(hub, hub_layouts, tmp_path):
         == Path(os.environ["HF_HOME"]) / "packager-downloads" / want / L.SINGLE_FILE_SAFETENSORS
     )
     assert sha256(result.checkpoint) == want
-    assert result.root.name == hub.head(L.SD_CONFIG) and (result.root / "unet" / "config.json").is_file()
+    assert result.root.name == hub.head(L.SD_CONFIG)
+    assert (result.root / "unet" / "config.json").is_file()
     assert set(hub.files_sent(L.SD_ORIGINAL)) == {L.SINGLE_FILE_SAFETENSORS}  # once, at lock time
     assert not any(f.endswith(".safetensors") for f in hub.files_sent(L.SD_CONFIG))
     assert result.bytes_downloaded == 0  # the lock's download is reused
@@ -209,11 +220,14 @@ def test_file_checkpoint_with_hub_config_fetches_configs_only(hub, hub_env, hub_
 def test_gated_repo_fetches_with_a_token(hub, hub_env, tmp_path):
     recipe = hub_recipe(tmp_path, L.SD_GATED)
     denied = run_packager("fetch", str(recipe), env=hub_env)
-    assert denied.returncode == 2 and "is gated" in denied.stderr and "set HF_TOKEN" in denied.stderr
+    assert denied.returncode == 2
+    assert "is gated" in denied.stderr
+    assert "set HF_TOKEN" in denied.stderr
     allowed = run_packager("fetch", str(recipe), "--json", env={**hub_env, "HF_TOKEN": HUB_TOKEN})
     assert allowed.returncode == 0, allowed.stderr
     assert "unet/diffusion_pytorch_model.safetensors" in hub.files_sent(L.SD_GATED)
-    assert HUB_TOKEN not in recipe.with_suffix(".lock").read_text() and HUB_TOKEN not in allowed.stdout
+    assert HUB_TOKEN not in recipe.with_suffix(".lock").read_text()
+    assert HUB_TOKEN not in allowed.stdout
 
 
 def test_offline_fetch_from_the_cache_with_hf_hub_offline(hub, hub_env, tmp_path):
@@ -223,7 +237,9 @@ def test_offline_fetch_from_the_cache_with_hf_hub_offline(hub, hub_env, tmp_path
     offline = {**hub_env, "HF_HUB_OFFLINE": "1"}
     result = run_packager("fetch", str(recipe), "--frozen", "--json", env=offline)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["bytes_downloaded"] == 0 and hub.requests() == []
+    assert json.loads(result.stdout)["bytes_downloaded"] == 0
+    assert hub.requests() == []
     other = hub_recipe(tmp_path / "other", L.SD_BIN)
     missing = run_packager("fetch", str(other), env=offline)
-    assert missing.returncode == 2 and "HF_HUB_OFFLINE is set" in missing.stderr
+    assert missing.returncode == 2
+    assert "HF_HUB_OFFLINE is set" in missing.stderr

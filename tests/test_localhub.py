@@ -70,7 +70,8 @@ def test_model_info_reports_commit_and_lfs_sha256(hub, hub_layouts):
     siblings = {s.rfilename: s for s in info.siblings or []}
     assert set(siblings) == set(hub_layouts[L.PORTRAITPLUS].files())
     ckpt = siblings["portrait+1.0.ckpt"]
-    assert ckpt.lfs is not None and ckpt.lfs.sha256 == sha256(folder / "portrait+1.0.ckpt")
+    assert ckpt.lfs is not None
+    assert ckpt.lfs.sha256 == sha256(folder / "portrait+1.0.ckpt")
     assert siblings["model_index.json"].lfs is None  # small text files live in plain git
 
 
@@ -81,7 +82,8 @@ def test_tree_listing_is_paginated_and_complete(hub, hub_layouts):
     tree_calls = [r for r in hub.requests("GET") if "/tree/" in r[1]]
     assert len(tree_calls) == -(-len(files) // hub.page_size) > 1
     top = {f.path for f in HfApi().list_repo_tree(L.SDXL)}
-    assert {"unet", "text_encoder_2", "model_index.json"} <= top and "unet/config.json" not in top
+    assert {"unet", "text_encoder_2", "model_index.json"} <= top
+    assert "unet/config.json" not in top
 
 
 @pytest.mark.parametrize("revision", ["main", "refs/heads/main", "v1.0", "short", "full"])
@@ -93,7 +95,8 @@ def test_revisions_resolve_like_the_hub(hub, revision):
 
 def test_fp16_branch_is_its_own_commit(hub):
     main, fp16 = hub.head(L.SD_FP16_BRANCH, "main"), hub.head(L.SD_FP16_BRANCH, "fp16")
-    assert main != fp16 and len(fp16) == 40
+    assert main != fp16
+    assert len(fp16) == 40
     assert HfApi().model_info(L.SD_FP16_BRANCH, revision="fp16").sha == fp16
 
 
@@ -146,7 +149,8 @@ def test_range_requests(hub, hub_layouts):
     url = resolve_url(hub.url, L.SD_BIN, "unet/config.json")
     data = (hub_layouts[L.SD_BIN].folder / "unet/config.json").read_bytes()
     r = httpx2.get(url, headers={"Range": "bytes=10-19"})
-    assert r.status_code == 206 and r.content == data[10:20]
+    assert r.status_code == 206
+    assert r.content == data[10:20]
     assert r.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
     assert httpx2.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416
 
@@ -164,7 +168,8 @@ def test_commits_move_branches_and_keep_history(hub):
     hub.fork_repo(L.SD_FP16_BRANCH, repo)
     before = hub.head(repo)
     after = hub.commit(repo, {"README.md": b"changed\n"}, message="edit readme")
-    assert after != before and hub.head(repo) == after
+    assert after != before
+    assert hub.head(repo) == after
     assert HfApi().model_info(repo).sha == after
     assert HfApi().model_info(repo, revision="v1.0").sha == before  # tags stay put
     assert hub.head(L.SD_FP16_BRANCH) == before  # the original repo is untouched
@@ -208,7 +213,8 @@ def test_fixture_layouts_load_with_diffusers(hub_layouts):
     plain = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_BIN].folder)
     sharded = DiffusionPipeline.from_pretrained(hub_layouts[L.SD_BIN_SHARDED].folder)
     a, b = plain.text_encoder.state_dict(), sharded.text_encoder.state_dict()
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert plain.safety_checker is not None
 
     sdxl = DiffusionPipeline.from_pretrained(hub_layouts[L.SDXL].folder, variant="fp16", dtype=torch.float16)
@@ -228,5 +234,6 @@ def test_hub_counts_each_file(tmp_path):
         server.create_repo("a/b")
         server.commit("a/b", {"x.bin": b"12345", "y.json": b"{}"})
         r = httpx2.get(resolve_url(server.url, "a/b", "x.bin"))
-        assert r.content == b"12345" and r.headers["X-Repo-Commit"] == server.head("a/b")
+        assert r.content == b"12345"
+        assert r.headers["X-Repo-Commit"] == server.head("a/b")
         assert server.files_sent("a/b") == {"x.bin": 5}

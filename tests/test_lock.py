@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.convert.settings import CONVERTER_VERSION
+from artifact_format.vocab import CONVERTER_VERSION
 from packager.errors import FetchError, LockError
 from packager.source import drift as dr
 from packager.source import local_folder
@@ -39,7 +39,8 @@ def test_lock_resolves_branch_tag_and_short_sha_to_the_full_commit(hub, tmp_path
     rev = head[:7] if revision == "short-sha" else revision
     recipe = hub_recipe(tmp_path, L.SD_FP16_BRANCH, rev)
     lock = dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
-    assert lock.commit == head and len(head) == 40
+    assert lock.commit == head
+    assert len(head) == 40
     assert lock.source == {
         "kind": "hub",
         "repo": L.SD_FP16_BRANCH,
@@ -73,7 +74,8 @@ def test_lock_records_every_needed_file_with_its_sha256(hub, hub_layouts, tmp_pa
     assert lock.fingerprint == lk.fingerprint_of(lock.name, lock.source, lock.files, lock.settings)
     # Locking downloads only the small plain-git files (to hash them), never the weights.
     sent = hub.files_sent(L.PORTRAITPLUS)
-    assert sent and all(f.endswith((".json", ".txt")) for f in sent)
+    assert sent
+    assert all(f.endswith((".json", ".txt")) for f in sent)
 
 
 def test_cli_lock_writes_then_keeps_a_fresh_lock(hub, hub_env, tmp_path):
@@ -85,9 +87,11 @@ def test_cli_lock_writes_then_keeps_a_fresh_lock(hub, hub_env, tmp_path):
     again = run_packager("lock", str(recipe), "--json", env=hub_env)
     assert again.returncode == 0, again.stderr
     data = json.loads(again.stdout)
-    assert data["status"] == "unchanged" and data["source"]["commit"] == hub.head(L.SD_BIN)
+    assert data["status"] == "unchanged"
+    assert data["source"]["commit"] == hub.head(L.SD_BIN)
     check = run_packager("lock", str(recipe), "--check", env=hub_env)
-    assert check.returncode == 0 and "up to date" in check.stdout
+    assert check.returncode == 0
+    assert "up to date" in check.stdout
 
 
 def test_check_names_a_moved_branch(hub, hub_env, tmp_path):
@@ -100,9 +104,11 @@ def test_check_names_a_moved_branch(hub, hub_env, tmp_path):
     check = run_packager("lock", str(recipe), "--check", env=hub_env)
     assert check.returncode == 1
     assert f"revision moved: {repo}@main is now {new[:12]}, locked at {old[:12]}" in check.stderr
-    assert check.stderr.count("\n") == 1 and check.stderr.startswith("packager: error:")
+    assert check.stderr.count("\n") == 1
+    assert check.stderr.startswith("packager: error:")
     relock = run_packager("lock", str(recipe), env=hub_env)
-    assert relock.returncode == 0 and "updated (revision moved" in relock.stdout
+    assert relock.returncode == 0
+    assert "updated (revision moved" in relock.stdout
     assert json.loads(recipe.with_suffix(".lock").read_text())["source"]["commit"] == new
 
 
@@ -137,7 +143,8 @@ def test_check_names_changed_local_files(hub_layouts, tmp_path):
 def test_check_without_a_lock_is_drift(hub_env, tmp_path):
     recipe = hub_recipe(tmp_path, L.SD_BIN)
     check = run_packager("lock", str(recipe), "--check", env=hub_env)
-    assert check.returncode == 1 and "no lock" in check.stderr
+    assert check.returncode == 1
+    assert "no lock" in check.stderr
 
 
 def test_touched_local_files_are_not_drift_and_are_not_hashed_again(hub_layouts, tmp_path, monkeypatch):
@@ -147,7 +154,8 @@ def test_touched_local_files_are_not_drift_and_are_not_hashed_again(hub_layouts,
     lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert set(lock.stat_cache) == set(lock.files)
     text = loaded.lock_path.read_text()
-    assert str(tmp_path) not in text and str(folder) not in text  # no machine paths in the lock
+    assert str(tmp_path) not in text
+    assert str(folder) not in text
 
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))
@@ -185,7 +193,8 @@ def test_ensure_lock_relocks_with_a_warning_and_frozen_refuses(hub, tmp_path, ca
     assert lk.read_lock(loaded) == first  # --frozen writes nothing
     second = dr.ensure_lock(loaded, frozen=False, quiet=True)
     assert "warning:" in capsys.readouterr().err
-    assert second.settings["precision"] == "fp32" and second.fingerprint != first.fingerprint
+    assert second.settings["precision"] == "fp32"
+    assert second.fingerprint != first.fingerprint
 
 
 def test_artifact_id_is_recorded_outside_the_fingerprint(hub, tmp_path):
@@ -193,8 +202,10 @@ def test_artifact_id_is_recorded_outside_the_fingerprint(hub, tmp_path):
     lock = dr.ensure_lock(loaded, frozen=False, quiet=True)
     artifact = "ab" * 32
     recorded = lk.record_artifact_id(loaded, lock, artifact)
-    assert lk.read_lock(loaded) == recorded and recorded.artifact_id == artifact
-    assert recorded.fingerprint == lock.fingerprint and dr.drift(loaded, recorded) == []
+    assert lk.read_lock(loaded) == recorded
+    assert recorded.artifact_id == artifact
+    assert recorded.fingerprint == lock.fingerprint
+    assert dr.drift(loaded, recorded) == []
     assert lk.build_lock(loaded, quiet=True).artifact_id == artifact  # same fingerprint: kept
     with pytest.raises(LockError, match="not an artifact id"):
         lk.record_artifact_id(loaded, lock, "nope")
@@ -271,7 +282,8 @@ def test_gated_repo_with_a_token_never_writes_the_token(hub, hub_env, tmp_path):
     result = run_packager("lock", str(recipe), env={**hub_env, "HF_TOKEN": HUB_TOKEN})
     assert result.returncode == 0, result.stderr
     text = recipe.with_suffix(".lock").read_text()
-    assert HUB_TOKEN not in text and json.loads(text)["source"]["commit"] == hub.head(L.SD_GATED)
+    assert HUB_TOKEN not in text
+    assert json.loads(text)["source"]["commit"] == hub.head(L.SD_GATED)
 
 
 def test_single_file_checkpoint_with_a_local_config(hub_layouts, tmp_path):
@@ -290,7 +302,8 @@ def test_single_file_checkpoint_with_a_local_config(hub_layouts, tmp_path):
         },
         "config": {"kind": "path"},
     }
-    assert "model_index.json" in lock.files and "tokenizer/vocab.json" in lock.files
+    assert "model_index.json" in lock.files
+    assert "tokenizer/vocab.json" in lock.files
     assert not any(f.endswith((".safetensors", ".bin")) for f in lock.files)
     with open(tmp_path / "model.ckpt", "ab") as fh:
         fh.write(b"\0")

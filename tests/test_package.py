@@ -62,7 +62,8 @@ def test_second_run_on_an_unchanged_recipe_moves_nothing(
 
     first, imported = package(recipe, env, "--mode", mode)
     stages = {s["name"]: s["status"] for s in first["stages"]}
-    assert stages["convert"] == "done" and stages["upload"] == "done"
+    assert stages["convert"] == "done"
+    assert stages["upload"] == "done"
     assert "torch" in imported  # the first run really converted
     prefix = f"models/tiny/{first['artifact_id']}/"
     assert f"{prefix}manifest.json" in s3.keys(prefix)
@@ -76,7 +77,8 @@ def test_second_run_on_an_unchanged_recipe_moves_nothing(
     assert second["artifact_id"] == first["artifact_id"]
     assert second["moved_nothing"], second["stages"]
     assert {s["status"] for s in second["stages"]} <= {"fresh", "skipped"}
-    assert second["bytes_uploaded"] == 0 and second["bytes_downloaded"] == 0
+    assert second["bytes_uploaded"] == 0
+    assert second["bytes_downloaded"] == 0
     assert s3.traffic.bytes_in() == 0
     assert s3.traffic.count(op="GetObject") == 0
     # One HEAD for the store's manifest, one for the volume's .ready marker.
@@ -151,7 +153,8 @@ def test_package_all_reports_every_recipe_and_one_failure_does_not_stop_the_othe
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
     by_name = {Path(r["recipe"]).name: r for r in data["results"]}
-    assert by_name["good.yaml"]["ok"] and len(by_name["good.yaml"]["artifact_id"]) == 64
+    assert by_name["good.yaml"]["ok"]
+    assert len(by_name["good.yaml"]["artifact_id"]) == 64
     assert not by_name["broken.yaml"]["ok"]
     assert "precision: must be one of fp16, bf16, fp32" in by_name["broken.yaml"]["error"]
     assert data["failed"] == 1

@@ -92,9 +92,11 @@ def test_cold_start_figures_follow_from_the_manifest_and_the_benchmark(
     base, *middle, code = baked["image"]["layers"]
     assert base["bytes"] == 1_000_000_000
     assert [layer["bytes"] for layer in middle] == [every_file]  # the tiny files all share one layer
-    assert code["bytes"] > 0 and volume["image"]["layers"] == [base, code]
+    assert code["bytes"] > 0
+    assert volume["image"]["layers"] == [base, code]
     assert baked["image"]["bytes"] == 1_000_000_000 + every_file + code["bytes"]
-    assert baked["image"]["measured"] is False and "estimate" in baked["image"]["source"]
+    assert baked["image"]["measured"] is False
+    assert "estimate" in baked["image"]["source"]
 
     for plan in (baked, volume):
         assert plan["pull_s"] == pytest.approx(plan["image"]["bytes"] / pull_rate)
@@ -119,7 +121,8 @@ def test_the_table_says_where_each_figure_comes_from(recipe: Path, artifact: Pat
     assert "4.00 s" in text  # the benchmark's imports
     assert "crossover: 24,000 requests/day at 2.5 s/request" in text
     # at the default 1,000 requests/day: 1000 × 2.5 × 0.0002 × 30 and 0.5 × 24 × 30
-    assert "$15.00/month" in text and "$360.00/month (1 worker)" in text
+    assert "$15.00/month" in text
+    assert "$360.00/month (1 worker)" in text
 
 
 def test_without_benchmark_results_the_constants_are_labelled(
@@ -164,7 +167,8 @@ def test_no_crossover_when_always_on_costs_more_per_second(recipe: Path, artifac
     )  # $1/h is $0.000278/s, above the default serverless $0.00019/s
 
     assert result.returncode == 0, result.stderr
-    assert "no crossover" in result.stdout and "serverless is cheaper at any load" in result.stdout
+    assert "no crossover" in result.stdout
+    assert "serverless is cheaper at any load" in result.stdout
 
 
 def test_busy_always_on_workers_are_counted() -> None:
@@ -185,9 +189,11 @@ def test_plot_writes_a_png(recipe: Path, artifact: Path, bench: Path, tmp_path: 
 
     assert out["plot"] == str(target)
     data = target.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert width >= 600 and height >= 300
+    assert width >= 600
+    assert height >= 300
     assert len(data) > 20_000
     assert [p.name for p in target.parent.iterdir()] == ["cost.png"]  # no temp file left behind
 
@@ -199,7 +205,9 @@ def test_a_folder_without_a_manifest_is_one_line(recipe: Path, tmp_path: Path) -
     result = run_plan(recipe, "--artifact", str(empty))
 
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "manifest" in result.stderr and str(empty) in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "manifest" in result.stderr
+    assert str(empty) in result.stderr
 
 
 def test_docker_history_becomes_layers_oldest_first() -> None:
@@ -236,6 +244,8 @@ def test_the_package_summary_uses_the_built_image_size(recipe: Path, artifact: P
     load = (3.0 - 1.0) * weights / 2e9
     assert summary["pull_s"] == round(2e9 / (1000e6 / 8), 1) == 16.0
     assert summary["total_s"] == round(16.0 + weights / 200e6 + 4.0 + load, 1)
-    assert "(measured)" in summary["basis"] and "measured on bench-box" in summary["basis"]
+    assert "(measured)" in summary["basis"]
+    assert "measured on bench-box" in summary["basis"]
     estimated = cold_start_summary(loaded, manifest, image_size=None, mode="baked", bench_results=bench)
-    assert "(estimate)" in estimated["basis"] and estimated["pull_s"] > 16.0
+    assert "(estimate)" in estimated["basis"]
+    assert estimated["pull_s"] > 16.0

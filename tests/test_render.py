@@ -113,7 +113,8 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
 
     steps = instructions(result.dockerfile)
     words = [w for w, _ in steps]
-    assert words[:2] == ["ARG", "FROM"] and steps[0][1].startswith("BASE_IMAGE=")
+    assert words[:2] == ["ARG", "FROM"]
+    assert steps[0][1].startswith("BASE_IMAGE=")
     assert words[-1] == "CMD"
     cp = copies(result.dockerfile)
     assert cp == [
@@ -136,7 +137,8 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
     requirements, pip = first("COPY", "requirements.txt"), first("RUN", "pip install")
     weights, code = first("COPY", "weights/"), first("COPY", '"code/"')
     assert requirements < pip < weights < code
-    assert steps[code + 1][0] == "RUN" and "compileall" in steps[code + 1][1]
+    assert steps[code + 1][0] == "RUN"
+    assert "compileall" in steps[code + 1][1]
     assert all(i > code for i, (w, _) in enumerate(steps) if w in ("ENV", "LABEL"))
     assert result.layer_steps == (
         "requirements",
@@ -447,7 +449,8 @@ def test_hadolint_as_configured_does_report_findings(tmp_path: Path) -> None:
     bad.write_text("FROM python\nRUN pip install diffusers\nRUN cd /tmp && ls\n")
     done = subprocess.run([binary, *HADOLINT_ARGS, str(bad)], capture_output=True, text=True)
     assert done.returncode != 0
-    assert "DL3006" in done.stdout and "DL3013" in done.stdout
+    assert "DL3006" in done.stdout
+    assert "DL3013" in done.stdout
 
 
 def test_make_lint_entry_point_runs() -> None:
@@ -488,15 +491,18 @@ def test_render_command_writes_a_context_and_build_says_there_is_no_engine(
     data = json.loads(done.stdout)
     context = Path(data["context_dir"])
     assert context.is_relative_to(tmp_path / "build" / "contexts" / "tiny")
-    assert (context / "Dockerfile").is_file() and (context / "manifest.json").is_file()
+    assert (context / "Dockerfile").is_file()
+    assert (context / "manifest.json").is_file()
     assert data["tag"] == naming.image_tag("localhost/packager", "tiny", data["artifact_id"], "baked")
-    assert data["hard_linked"] > 0 and data["copied"] == 0
+    assert data["hard_linked"] > 0
+    assert data["copied"] == 0
 
     volume = _packager(
         ["render", str(recipe_path), "--mode", "volume", "-o", str(tmp_path / "v")], env, tmp_path
     )
     assert volume.returncode == 0, volume.stderr
-    assert "rendered" in volume.stdout and (tmp_path / "v/Dockerfile").is_file()
+    assert "rendered" in volume.stdout
+    assert (tmp_path / "v/Dockerfile").is_file()
 
     build = _packager(["build", str(recipe_path)], env, tmp_path)
     assert build.returncode == 2

@@ -13,7 +13,7 @@ from artifact_format import manifest as mf
 from packager.errors import VolumeError
 from packager.source.recipe import load_recipe
 from packager.store.seed import PART_LIMIT, seed_volume, volume_has_artifact, volume_target
-from packager.store.stores import TransferSettings
+from packager.store.transfer import TransferSettings
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 from volume_sync.pull import pull
@@ -53,13 +53,15 @@ def test_seed_puts_the_artifact_where_workers_look_and_ready_last(
     prefix = f"models/demo/{artifact.id}/"
     assert (result.volume_id, result.key_prefix) == (VOLUME_ID, prefix)
     assert result.path_on_volume == f"/runpod-volume/models/demo/{artifact.id}"
-    assert result.files_sent == len(artifact.manifest.files) and not result.skipped_whole
+    assert result.files_sent == len(artifact.manifest.files)
+    assert not result.skipped_whole
     expected = [mf.MANIFEST_NAME, mf.READY_MARKER, *(f.path for f in artifact.manifest.files)]
     assert s3.keys(prefix, bucket=VOLUME_ID) == sorted(prefix + p for p in expected)
     writes = [r for r in seen if r.op in ("PutObject", "CompleteMultipartUpload")]
     assert [w.path.rsplit("/", 1)[-1] for w in writes[-2:]] == [mf.MANIFEST_NAME, mf.READY_MARKER]
     ops = {r.op for r in seen}
-    assert "ListObjects" not in ops and "POSTBucket" not in ops, "no listing, no DeleteObjects"
+    assert "ListObjects" not in ops, "no listing"
+    assert "POSTBucket" not in ops, "no DeleteObjects"
     assert sum(r.op == "UploadPart" for r in seen) >= 2, "the big file went multipart"
     # What a pod would see on the volume is a complete, verifiable artifact.
     mount = tmp_path / "volume-as-seen-by-a-pod"
@@ -73,7 +75,8 @@ def test_a_seeded_volume_is_skipped_with_one_request(s3: S3Env, volume, artifact
 
     again = seed_volume(volume, artifact, progress=False, settings=SMALL_PARTS)
 
-    assert again.skipped_whole and again.bytes_sent == 0
+    assert again.skipped_whole
+    assert again.bytes_sent == 0
     assert [(r.op, r.path.rsplit("/", 1)[-1]) for r in s3.traffic.select(VOLUME_ID)] == [
         ("HeadObject", mf.READY_MARKER)
     ]
@@ -107,9 +110,8 @@ def test_unknown_volume_is_one_line(s3: S3Env, tmp_path: Path, artifact) -> None
     loaded = load_recipe(recipe(tmp_path, f"  id: novolume42\n  endpoint_url: {s3.endpoint_url}\n"))
     with pytest.raises(VolumeError) as err:
         seed_volume(loaded, artifact, progress=False, settings=SMALL_PARTS)
-    assert "bucket 'novolume42' does not exist" in str(err.value) and "volume.id in the recipe" in str(
-        err.value
-    )
+    assert "bucket 'novolume42' does not exist" in str(err.value)
+    assert "volume.id in the recipe" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,8 @@ def test_cli_seed_then_rerun(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path:
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
     prefix = f"models/tiny/{data['artifact_id']}/"
-    assert data["uri"] == f"s3://{VOLUME_ID}/{prefix.rstrip('/')}" and data["files_sent"] > 0
+    assert data["uri"] == f"s3://{VOLUME_ID}/{prefix.rstrip('/')}"
+    assert data["files_sent"] > 0
     assert data["path_on_volume"] == f"/runpod-volume/{prefix.rstrip('/')}"
     assert prefix + mf.READY_MARKER in s3.keys(prefix, bucket=VOLUME_ID)
     s3.traffic.reset()
@@ -219,5 +222,6 @@ def test_cli_seed_to_an_unknown_volume_is_one_line(
 
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("packager: error: bucket 'novolume42' does not exist") and "volume.id" in last
+    assert last.startswith("packager: error: bucket 'novolume42' does not exist")
+    assert "volume.id" in last
     assert not (tmp_path / "build" / "artifacts").exists(), "failed before converting anything"

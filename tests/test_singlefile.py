@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from packager.convert.converter import ConvertSettings, convert
+from packager.convert.converter import convert
+from packager.convert.settings import ConvertSettings
 from packager.errors import ConvertError
 from tests.rig.layouts import without_safety_checker, write_original_checkpoint
 from tests.rig.models import save_sd_pipeline

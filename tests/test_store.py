@@ -16,7 +16,10 @@ import pytest
 
 from artifact_format import manifest as mf
 from packager.errors import StoreError, VerifyError
-from packager.store.stores import LocalStore, S3Store, TransferSettings, open_store_uri, split_artifact_uri
+from packager.store.local import LocalStore
+from packager.store.s3 import S3Store
+from packager.store.stores import open_store_uri, split_artifact_uri
+from packager.store.transfer import TransferSettings
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 
@@ -53,7 +56,8 @@ def test_upload_then_pull_round_trip(s3: S3Env, artifact, tmp_path: Path) -> Non
 
     prefix = f"models/demo/{artifact.id}/"
     assert result.uri == f"s3://{s3.bucket}/models/demo/{artifact.id}"
-    assert not result.skipped_whole and result.files_sent == len(artifact.manifest.files)
+    assert not result.skipped_whole
+    assert result.files_sent == len(artifact.manifest.files)
     assert s3.keys(prefix) == sorted(
         prefix + p for p in [mf.MANIFEST_NAME, *(f.path for f in artifact.manifest.files)]
     )
@@ -79,7 +83,9 @@ def test_rerun_is_one_request_and_zero_bytes(s3: S3Env, artifact) -> None:
 
     again = open_store_uri(s3.uri("models"), settings=SMALL_PARTS).upload(artifact, progress=False)
 
-    assert again.skipped_whole and again.bytes_sent == 0 and again.files_sent == 0
+    assert again.skipped_whole
+    assert again.bytes_sent == 0
+    assert again.files_sent == 0
     assert [r.op for r in s3.traffic.select(s3.bucket)] == ["HeadObject"]
     assert s3.traffic.bytes_in(s3.bucket) == 0
 
@@ -121,7 +127,8 @@ UPLOADER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from packager.store.stores import TransferSettings, open_store_uri
+    from packager.store.stores import open_store_uri
+from packager.store.transfer import TransferSettings
     from tests.rig.s3 import load_artifact
 
     settings = TransferSettings(multipart_threshold=5 << 20, chunk_size=5 << 20, concurrency=2)
@@ -216,7 +223,8 @@ def test_corrupt_object_is_caught_on_pull_and_nothing_looks_complete(
 
     assert not dest.exists()
     staged = tmp_path / ".pulled.partial"
-    assert not (staged / mf.MANIFEST_NAME).exists() and not (staged / entry.path).exists()
+    assert not (staged / mf.MANIFEST_NAME).exists()
+    assert not (staged / entry.path).exists()
 
 
 def test_manifest_that_is_not_its_id_is_rejected(s3: S3Env, artifact, tmp_path: Path) -> None:
@@ -256,7 +264,8 @@ def test_pull_into_a_complete_copy_moves_nothing(s3: S3Env, artifact, tmp_path: 
 
     again = store.download("demo", artifact.id, tmp_path / "pulled", progress=False)
 
-    assert again.skipped_whole and s3.traffic.count() == 0
+    assert again.skipped_whole
+    assert s3.traffic.count() == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x").write_text("not an artifact")
     with pytest.raises(StoreError, match="exists and is not artifact"):
@@ -274,7 +283,8 @@ def test_delete_uncommits_then_removes(s3: S3Env, artifact) -> None:
     store = open_store_uri(s3.uri("models"), settings=SMALL_PARTS)
     store.upload(artifact, progress=False)
     store.delete_artifact("demo", artifact.id)
-    assert s3.keys("models/") == [] and store.list_artifacts() == []
+    assert s3.keys("models/") == []
+    assert store.list_artifacts() == []
 
 
 def test_missing_bucket_is_one_line(s3: S3Env, artifact) -> None:
@@ -282,7 +292,8 @@ def test_missing_bucket_is_one_line(s3: S3Env, artifact) -> None:
     with pytest.raises(StoreError) as err:
         store.upload(artifact, progress=False)
     message = str(err.value)
-    assert "bucket 'no-such-bucket-here' does not exist" in message and "\n" not in message
+    assert "bucket 'no-such-bucket-here' does not exist" in message
+    assert "\n" not in message
 
 
 def test_unreachable_endpoint_is_one_line(s3: S3Env, artifact) -> None:
@@ -326,12 +337,15 @@ def test_local_store_round_trip(artifact, tmp_path: Path) -> None:
     again = store.upload(artifact, progress=False)
 
     final = tmp_path / "store" / "demo" / artifact.id
-    assert first.uri == str(final) and first.files_sent == len(artifact.manifest.files)
-    assert again.skipped_whole and again.bytes_sent == 0
+    assert first.uri == str(final)
+    assert first.files_sent == len(artifact.manifest.files)
+    assert again.skipped_whole
+    assert again.bytes_sent == 0
     assert same_tree(artifact.dir, final)
     assert not [p for p in final.rglob(".*") if p.is_file()], "no temp files left"
     pulled = store.download("demo", artifact.id, tmp_path / "pulled", progress=False)
-    assert pulled.files_sent == len(artifact.manifest.files) and same_tree(artifact.dir, tmp_path / "pulled")
+    assert pulled.files_sent == len(artifact.manifest.files)
+    assert same_tree(artifact.dir, tmp_path / "pulled")
     assert store.list_artifacts() == [("demo", artifact.id)]
     assert store.read_manifest("demo", artifact.id) == artifact.manifest
 
@@ -396,7 +410,8 @@ def test_cli_pull_by_uri(s3: S3Env, artifact, tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["files_sent"] == len(artifact.manifest.files) and not summary["skipped_whole"]
+    assert summary["files_sent"] == len(artifact.manifest.files)
+    assert not summary["skipped_whole"]
     assert same_tree(artifact.dir, tmp_path / "pulled")
 
 
@@ -426,7 +441,9 @@ def test_cli_store_errors_are_one_line_exit_2(s3: S3Env, tmp_path: Path, case: s
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("packager: error: ") and expected in lines[0], done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("packager: error: "), done.stderr
+    assert expected in lines[0], done.stderr
     assert not (tmp_path / "pulled").exists()
     assert env["AWS_SECRET_ACCESS_KEY"] not in done.stderr
 
@@ -446,7 +463,8 @@ def test_cli_upload_rerun_and_pull_by_recipe(
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
     artifact_id = data["artifact_id"]
-    assert data["uri"] == f"s3://{s3.bucket}/models/tiny/{artifact_id}" and data["files_sent"] > 0
+    assert data["uri"] == f"s3://{s3.bucket}/models/tiny/{artifact_id}"
+    assert data["files_sent"] > 0
     # The re-run must not need the local artifact at all: hide it.
     local = build / "artifacts"
     hidden = build / "artifacts-hidden"
@@ -457,7 +475,8 @@ def test_cli_upload_rerun_and_pull_by_recipe(
     finally:
         hidden.rename(local)
     assert again.returncode == 0, again.stderr
-    assert "already complete" in again.stdout and "converting" not in again.stderr
+    assert "already complete" in again.stdout
+    assert "converting" not in again.stderr
     assert [r.op for r in s3.traffic.select(s3.bucket)] == ["HeadObject"]
 
     pulled = packager("pull", str(recipe), str(tmp_path / "pulled"), env=env)
@@ -482,4 +501,5 @@ def test_cli_upload_to_a_missing_bucket_fails_before_converting(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("packager: error: bucket 'no-such-bucket-here' does not exist"), done.stderr
-    assert "converting" not in done.stderr and not (tmp_path / "build" / "artifacts").exists()
+    assert "converting" not in done.stderr
+    assert not (tmp_path / "build" / "artifacts").exists()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from artifact_format import manifest as mf
-from packager.store.stores import TransferSettings, open_store_uri
+from packager.store.stores import open_store_uri
+from packager.store.transfer import TransferSettings
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 from volume_sync.pull import PullError, PullVerifyError, lock_path, pull
@@ -87,7 +88,8 @@ def test_pull_puts_a_verified_artifact_on_the_volume(s3: S3Env, artifact, in_sto
 
     assert final == mf.volume_path(mount, "demo", artifact.id)
     assert (final / mf.READY_MARKER).read_text().strip() == artifact.id
-    assert same_files(artifact, final) and mf.artifact_id_of(final) == artifact.id
+    assert same_files(artifact, final)
+    assert mf.artifact_id_of(final) == artifact.id
     ready_at = (final / mf.READY_MARKER).stat().st_mtime_ns
     assert all((final / f.path).stat().st_mtime_ns <= ready_at for f in artifact.manifest.files)
     leftovers = sorted(p.name for p in final.parent.iterdir() if p.name != artifact.id)
@@ -106,7 +108,8 @@ def test_pull_from_a_local_directory_store(artifact, tmp_path: Path, mount: Path
 
     assert done.returncode == 0, done.stderr
     final = Path(done.stdout.strip())
-    assert final == mf.volume_path(mount, "demo", artifact.id) and (final / mf.READY_MARKER).exists()
+    assert final == mf.volume_path(mount, "demo", artifact.id)
+    assert (final / mf.READY_MARKER).exists()
     assert same_files(artifact, final)
 
 
@@ -127,7 +130,8 @@ def test_four_workers_at_once_download_once(s3: S3Env, artifact, in_store: str, 
     assert len(gets) == len(artifact.manifest.files) + 1, "every file and the manifest"
     assert set(gets.values()) == {1}, f"each object fetched once: {gets}"
     done = volume_sync("verify", "--mount", str(mount))
-    assert done.returncode == 0 and f"ok          demo/{artifact.id}" in done.stdout
+    assert done.returncode == 0
+    assert f"ok          demo/{artifact.id}" in done.stdout
 
 
 def test_a_reader_never_sees_a_half_artifact(s3: S3Env, artifact, in_store: str, mount: Path) -> None:
@@ -165,14 +169,16 @@ def test_a_killed_pull_resumes_and_fetches_only_the_rest(
         staging = mf.volume_path(mount, "demo", artifact.id).parent / f".{artifact.id}.partial"
         rest = [f for f in artifact.manifest.files if f != big]
         while not all((staging / f.path).is_file() for f in rest):  # all but the big one are in
-            assert proc.poll() is None and time.monotonic() < deadline
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     final = mf.volume_path(mount, "demo", artifact.id)
     lock = lock_path(mount, "demo", artifact.id)
-    assert lock.exists() and not final.exists(), "the dead pull left its lock and staged files"
+    assert lock.exists(), "the dead pull left its lock"
+    assert not final.exists(), "and only staged files"
     s3.traffic.reset()
 
     # The lock's holder is a dead process on this host: taken over at once, no stale timeout to wait.
@@ -180,7 +186,8 @@ def test_a_killed_pull_resumes_and_fetches_only_the_rest(
 
     fetched = [r.path for r in s3.traffic.select(s3.bucket, "GetObject")]
     assert sorted(p.rsplit("/", 1)[-1] for p in fetched) == sorted([mf.MANIFEST_NAME, Path(big.path).name])
-    assert (final / mf.READY_MARKER).exists() and same_files(artifact, final)
+    assert (final / mf.READY_MARKER).exists()
+    assert same_files(artifact, final)
     assert not lock.exists()
 
 
@@ -194,7 +201,8 @@ def test_artifact_renamed_but_not_marked_ready_is_finished(
     assert pull(in_store, mount) == final
 
     assert [r.path.rsplit("/", 1)[-1] for r in s3.traffic.select(s3.bucket)] == [mf.MANIFEST_NAME]
-    assert (final / mf.READY_MARKER).exists() and same_files(artifact, final)
+    assert (final / mf.READY_MARKER).exists()
+    assert same_files(artifact, final)
 
 
 def test_waiting_for_a_live_pull_times_out(in_store: str, artifact, mount: Path) -> None:
@@ -218,7 +226,8 @@ def test_a_stale_lock_is_taken_over(in_store: str, artifact, mount: Path) -> Non
 
     final = pull(in_store, mount, timeout_s=10, lock_stale_s=60)
 
-    assert (final / mf.READY_MARKER).exists() and not lock.exists()
+    assert (final / mf.READY_MARKER).exists()
+    assert not lock.exists()
 
 
 def test_a_corrupt_object_fails_the_pull_with_exit_1(s3: S3Env, artifact, in_store: str, mount: Path) -> None:
@@ -232,9 +241,11 @@ def test_a_corrupt_object_fails_the_pull_with_exit_1(s3: S3Env, artifact, in_sto
 
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "vae/diffusion_pytorch_model.safetensors: sha256" in lines[0], done.stderr
+    assert len(lines) == 1, done.stderr
+    assert "vae/diffusion_pytorch_model.safetensors: sha256" in lines[0], done.stderr
     final = mf.volume_path(mount, "demo", artifact.id)
-    assert not final.exists() and not lock_path(mount, "demo", artifact.id).exists()
+    assert not final.exists()
+    assert not lock_path(mount, "demo", artifact.id).exists()
     with pytest.raises(PullVerifyError):
         pull(in_store, mount)
 
@@ -269,15 +280,16 @@ def test_pull_failures_are_one_line_exit_2(s3: S3Env, mount: Path, case: str, ex
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("volume_sync: error: ") and expected in lines[0], (
-        done.stderr
-    )
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("volume_sync: error: "), done.stderr
+    assert expected in lines[0], done.stderr
     assert not (mount / "models" / "demo" / ("d" * 64)).exists()
 
 
 def test_unmounted_volume_is_exit_2(in_store: str, tmp_path: Path) -> None:
     done = volume_sync("pull", in_store, "--mount", str(tmp_path / "nothing-here"))
-    assert done.returncode == 2 and "is the network volume mounted?" in done.stderr
+    assert done.returncode == 2
+    assert "is the network volume mounted?" in done.stderr
 
 
 # -- verify and prune ------------------------------------------------------------------------------
@@ -329,7 +341,8 @@ def test_prune_keeps_the_newest_and_never_a_protected_or_locked_one(tmp_path: Pa
     dry = volume_sync(
         "prune", "--keep", "1", "--name", "demo", "--mount", str(mount), "--protect", oldest[:12], "--dry-run"
     )
-    assert dry.returncode == 0 and f"would remove  demo/{old}" in dry.stdout
+    assert dry.returncode == 0
+    assert f"would remove  demo/{old}" in dry.stdout
     assert mf.volume_path(mount, "demo", old).exists()
 
     done = volume_sync(
@@ -353,7 +366,8 @@ def test_prune_keeps_the_newest_and_never_a_protected_or_locked_one(tmp_path: Pa
 def test_prune_usage_errors_exit_2(mount: Path) -> None:
     assert volume_sync("prune", "--mount", str(mount)).returncode == 2
     bad = volume_sync("prune", "--keep", "1", "--protect", "abc", "--mount", str(mount))
-    assert bad.returncode == 2 and "at least 12 hex digits" in bad.stderr
+    assert bad.returncode == 2
+    assert "at least 12 hex digits" in bad.stderr
 
 
 IMPORT_PROBE = """

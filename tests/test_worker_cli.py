@@ -46,7 +46,8 @@ def test_smoke_answers_one_request_and_saves_the_image(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report["image"] == str(out) and report["seed"] == 21
+    assert report["image"] == str(out)
+    assert report["seed"] == 21
     assert report["worker_ready_ms"] > 0
     from PIL import Image
 

@@ -36,7 +36,8 @@ def test_worker_config_written_by_the_packager_is_read_by_the_worker(tmp_path: P
     path.write_text(RECIPE)
     loaded = load_recipe(path)
     parsed = parse_worker_config(worker_config(loaded))
-    assert parsed.warmup is True and parsed.verify_hashes is False
+    assert parsed.warmup is True
+    assert parsed.verify_hashes is False
     assert parsed.defaults == Defaults(
         num_inference_steps=30,
         guidance_scale=5.0,
@@ -76,7 +77,8 @@ def test_an_unset_worker_config_gives_the_recipe_defaults(tmp_path: Path) -> Non
 def test_a_bad_worker_config_is_one_line_naming_the_field(text: str, message: str) -> None:
     with pytest.raises(StartError) as err:
         parse_worker_config(text)
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_readahead_reads_every_byte_of_the_weight_files(tmp_path: Path) -> None:
@@ -87,8 +89,10 @@ def test_readahead_reads_every_byte_of_the_weight_files(tmp_path: Path) -> None:
         paths.append(tmp_path / name)
     ra = Readahead(paths).start()
     assert ra.join(timeout=30)
-    assert ra.error is None and ra.bytes_read == sum(sizes.values())
+    assert ra.error is None
+    assert ra.bytes_read == sum(sizes.values())
 
     missing = Readahead([tmp_path / "gone.safetensors"]).start()
     assert missing.join(timeout=30)
-    assert missing.error is not None and "gone.safetensors" in missing.error
+    assert missing.error is not None
+    assert "gone.safetensors" in missing.error

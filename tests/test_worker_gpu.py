@@ -29,7 +29,8 @@ def test_the_worker_serves_from_the_gpu(cuda: None, tmp_path_factory: pytest.Tem
         job = worker.runsync(ask)
         assert job["status"] == "COMPLETED", job
         out = job["output"]
-        assert out["$meta"]["device"] == "cuda" and out["$meta"]["artifact_id"] == artifact_id
+        assert out["$meta"]["device"] == "cuda"
+        assert out["$meta"]["artifact_id"] == artifact_id
         assert decode_png(out["image_base64"]).size == (128, 64)
         again = worker.runsync(ask)["output"]
         assert again["image_base64"] == out["image_base64"]

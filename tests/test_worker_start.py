@@ -61,7 +61,8 @@ def test_a_truncated_weight_file_stops_the_worker_with_one_line_naming_it(
     proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run")
     assert proc.returncode != 0
     line = one_line_error(proc.stderr)
-    assert str(path) in line and f"({size})" in line
+    assert str(path) in line
+    assert f"({size})" in line
 
 
 def test_hash_checking_at_start_finds_damaged_bytes_of_the_right_size(artifact: Path, tmp_path: Path) -> None:
@@ -83,7 +84,8 @@ def test_an_unreadable_weight_file_of_the_right_size_is_named_when_loading_fails
     proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("worker: error: ") and f"{path}: sha256" in last
+    assert last.startswith("worker: error: ")
+    assert f"{path}: sha256" in last
 
 
 def test_settings_errors_are_one_line_naming_the_variable(artifact: Path, tmp_path: Path) -> None:
@@ -111,11 +113,16 @@ def test_test_input_answers_one_job_and_exits_zero(artifact: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Job local_test completed successfully" in proc.stdout
     ready = [line for line in proc.stderr.splitlines() if line.startswith("worker ready: ")]
-    assert len(ready) == 1 and "import " in ready[0] and "load " in ready[0] and "total " in ready[0]
+    assert len(ready) == 1
+    assert "import " in ready[0]
+    assert "load " in ready[0]
+    assert "total " in ready[0]
     png = (saved / "local_test.png").read_bytes()
     assert decode_png(base64.b64encode(png).decode()).size == (64, 64)
     answer = json.loads((saved / "local_test.json").read_text())
-    assert answer["seed"] == 11 and answer["$meta"]["model"] == "tiny" and "image_base64" not in answer
+    assert answer["seed"] == 11
+    assert answer["$meta"]["model"] == "tiny"
+    assert "image_base64" not in answer
 
 
 def test_test_input_exits_non_zero_when_the_answer_is_an_error(artifact: Path, tmp_path: Path) -> None:

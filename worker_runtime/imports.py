@@ -90,7 +90,8 @@ def import_runpod() -> ModuleType:
     finally:
         if cpuinfo is not None:
             cpuinfo.get_cpu_info = original
-    return runpod
+    module: ModuleType = runpod
+    return module
 
 
 def _cpu_brand() -> dict[str, str]:

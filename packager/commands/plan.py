@@ -15,6 +15,7 @@ from packager.output import emit, grid, human_bytes, json_option, warn
 
 if TYPE_CHECKING:
     from artifact_format.manifest import Manifest
+    from artifact_format.vocab import Mode
     from packager.source.recipe import LoadedRecipe
 
 _positive = click.FloatRange(min=0, min_open=True)
@@ -159,7 +160,7 @@ def _to_json(
     loaded: LoadedRecipe,
     manifest: Manifest,
     artifact_id: str,
-    modes: dict[planning.Mode, planning.ModePlan],
+    modes: dict[Mode, planning.ModePlan],
     model: costs.CostModel,
     requests_per_day: float,
     bandwidth_mbps: float,
@@ -193,7 +194,7 @@ def _to_json(
     }
 
 
-def _text(data: dict[str, Any], modes: dict[planning.Mode, planning.ModePlan]) -> str:
+def _text(data: dict[str, Any], modes: dict[Mode, planning.ModePlan]) -> str:
     baked, volume = modes["baked"], modes["volume"]
     lo, hi = planning.VOLUME_READ_MBS
     rows = [

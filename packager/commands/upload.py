@@ -27,7 +27,7 @@ def upload(recipe_file: str, frozen: bool, as_json: bool) -> None:
     from packager.pipeline.run import Run
     from packager.pipeline.stages import ensure_lock, ensure_upload
     from packager.source.recipe import load_recipe
-    from packager.store.stores import TransferResult
+    from packager.store.transfer import TransferResult
 
     loaded = load_recipe(recipe_file)
     run = Run(loaded, loaded.recipe.mode, frozen=frozen, quiet=as_json, progress=progress_enabled(as_json))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format import manifest as mf
-from artifact_format.vocab import MODEL_INDEX, SCHEDULER_CONFIG
+from artifact_format.vocab import CONVERTER_VERSION, MODEL_INDEX, SCHEDULER_CONFIG
 from packager.convert.files import (
     checked_relpath,
     copy_file,
@@ -45,7 +45,7 @@ from packager.convert.files import (
 )
 from packager.convert.jobs import WeightsJob, run_jobs
 from packager.convert.model_index import PipelinePlan, plan_pipeline, scheduler_override
-from packager.convert.settings import CONVERTER_VERSION, ConvertSettings, target_dtype
+from packager.convert.settings import ConvertSettings, target_dtype
 from packager.convert.tensor_reader import TensorSet, open_tensors
 from packager.convert.weights import classify, pick_weights, same
 from packager.errors import ConvertError

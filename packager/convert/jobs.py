@@ -89,8 +89,7 @@ class _FlatSource:
 def run_jobs(
     jobs: list[WeightsJob], tmp: Path, settings: ConvertSettings, verify: bool, workers: int, progress: bool
 ) -> list[mf.FileEntry]:
-    from packager.convert.verify import ReadBack
-
+    """Write every job's file into `tmp`; the manifest entries of the written files, in job order."""
     # Largest first: its hash is the longest sequential task, so it should start first.
     jobs = sorted(jobs, key=lambda j: (-j.size_hint, j.out_rel))
     engine = Engine(workers)
@@ -99,59 +98,13 @@ def run_jobs(
 
         def start(job: WeightsJob) -> None:
             try:
-                queue_file(job)
+                _queue_file(job, engine, tmp, settings, verify, bar)
             except BaseException as exc:
                 engine.fail(exc)  # stop the other files' work too, now
                 raise
 
-        def queue_file(job: WeightsJob) -> None:
-            out_path = tmp / job.out_rel
-            out_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            tensors = job.open()
-            plan = _layout_for(job)
-            if bar is not None:
-                bar.total += plan.data_bytes
-                bar.refresh()
-            job.flat = _FlatSource(tensors.tensors)
-            fill = _filler(job, plan, settings, engine.chunk_bytes)
-            readback = None
-            if verify:
-                origin = tensors.origin
-
-                def readback(path: Path) -> ReadBack:
-                    return ReadBack(path, job.out_rel, plan, origin)
-
-            job.writer = FileWriter(engine, out_path, plan, fill, readback, bar.update if bar else None)
-            job.writer.start()
-
-        # Two files are queued at once, each with its own buffers: while the biggest file's hash
-        # (sequential by nature) catches up, the next file is opened and cast.
-        with ThreadPoolExecutor(2, thread_name_prefix="queue") as queuers:
-            try:
-                queued = [queuers.submit(start, job) for job in jobs]
-                for job, started in zip(jobs, queued, strict=True):
-                    _wait(started, engine)
-                    assert job.writer is not None
-                    job.writer.wait_written()
-                    if job.overflowed:
-                        # keep_fp32: the first pass found every tensor that overflows; write the file
-                        # again with those in fp32 (fp32 holds any value the source had: once is enough).
-                        job.writer.abandon()
-                        job.kept_fp32 |= job.overflowed
-                        job.overflowed = set()
-                        start(job)
-            except BaseException as exc:
-                engine.fail(exc)  # before leaving the block, which waits for the queueing threads
-                raise
-        out = []
-        for job in jobs:
-            assert job.writer is not None
-            size, sha = job.writer.finish()
-            if job.overflowed:  # only an fp64 source beyond even fp32's range gets here
-                raise ConvertError(f"{job.origin}: {sorted(job.overflowed)[0]} overflows even float32")
-            codes = [dtype_code(e.dtype) for e in job.writer.plan.entries]
-            out.append(mf.FileEntry(job.out_rel, size, sha, len(codes), dtype_label(codes)))
-        return out
+        _write_all(jobs, engine, start)
+        return [_finished(job) for job in jobs]
     except BaseException as exc:
         engine.fail(exc)
         raise
@@ -162,6 +115,65 @@ def run_jobs(
                 job.writer.close()
         if bar is not None:
             bar.close()
+
+
+def _queue_file(
+    job: WeightsJob, engine: Engine, tmp: Path, settings: ConvertSettings, verify: bool, bar: Any
+) -> None:
+    """Open the job's source, lay out its file and start writing it on the engine."""
+    from packager.convert.verify import ReadBack
+
+    out_path = tmp / job.out_rel
+    out_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    tensors = job.open()
+    plan = _layout_for(job)
+    if bar is not None:
+        bar.total += plan.data_bytes
+        bar.refresh()
+    job.flat = _FlatSource(tensors.tensors)
+    fill = _filler(job, plan, settings, engine.chunk_bytes)
+    readback = None
+    if verify:
+        origin = tensors.origin
+
+        def readback(path: Path) -> ReadBack:
+            return ReadBack(path, job.out_rel, plan, origin)
+
+    job.writer = FileWriter(engine, out_path, plan, fill, readback, bar.update if bar else None)
+    job.writer.start()
+
+
+def _write_all(jobs: list[WeightsJob], engine: Engine, start: Callable[[WeightsJob], None]) -> None:
+    """Queue the jobs two at a time and wait until each file is written (rewritten for keep_fp32)."""
+    # Two files are queued at once, each with its own buffers: while the biggest file's hash
+    # (sequential by nature) catches up, the next file is opened and cast.
+    with ThreadPoolExecutor(2, thread_name_prefix="queue") as queuers:
+        try:
+            queued = [queuers.submit(start, job) for job in jobs]
+            for job, started in zip(jobs, queued, strict=True):
+                _wait(started, engine)
+                assert job.writer is not None
+                job.writer.wait_written()
+                if job.overflowed:
+                    # keep_fp32: the first pass found every tensor that overflows; write the file
+                    # again with those in fp32 (fp32 holds any value the source had: once is enough).
+                    job.writer.abandon()
+                    job.kept_fp32 |= job.overflowed
+                    job.overflowed = set()
+                    start(job)
+        except BaseException as exc:
+            engine.fail(exc)  # before leaving the block, which waits for the queueing threads
+            raise
+
+
+def _finished(job: WeightsJob) -> mf.FileEntry:
+    """The written file's manifest entry, once its hash is complete."""
+    assert job.writer is not None
+    size, sha = job.writer.finish()
+    if job.overflowed:  # only an fp64 source beyond even fp32's range gets here
+        raise ConvertError(f"{job.origin}: {sorted(job.overflowed)[0]} overflows even float32")
+    codes = [dtype_code(e.dtype) for e in job.writer.plan.entries]
+    return mf.FileEntry(job.out_rel, size, sha, len(codes), dtype_label(codes))
 
 
 def _wait(future: Future[Any], engine: Engine) -> None:

@@ -95,4 +95,4 @@ def scheduler_override(src_config: dict[str, Any], class_name: str) -> bytes:
         raise ConvertError(
             f"scheduler: {class_name} cannot be built from the source config ({exc})"
         ) from None
-    return scheduler.to_json_string().encode()
+    return str(scheduler.to_json_string()).encode()

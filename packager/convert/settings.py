@@ -14,10 +14,6 @@ from packager.errors import ConvertError
 if TYPE_CHECKING:
     import torch
 
-# Bumped whenever the converter's output bytes can change for the same input: it is hashed into the
-# lock's fingerprint, so a new converter invalidates old locks as surely as a new source does.
-CONVERTER_VERSION = "1"
-
 
 Fp16Overflow = Literal["fail", "keep_fp32"]
 

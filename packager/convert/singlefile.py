@@ -105,7 +105,7 @@ def _convert_diffusers(
     with torch.device("meta"):
         model = cls.from_config(config)
     expected: dict[str, Any] = model.state_dict()
-    loadable: dict[str, Any] = SINGLE_FILE_LOADABLE_CLASSES  # type: ignore[assignment]
+    loadable: dict[str, Any] = SINGLE_FILE_LOADABLE_CLASSES
     mapping_fn = loadable[mapping_class]["checkpoint_mapping_fn"]
     if _should_convert_state_dict_to_diffusers(expected, checkpoint):
         try:

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Artifacts into images: the Dockerfile and build context (render), the engine build and the push."""

@@ -67,7 +67,7 @@ def rendered_samples(folder: Path) -> list[Path]:
                 loaded,
                 manifest,
                 artifact_id,
-                mode,  # type: ignore[arg-type]
+                mode,
                 artifact_uri=f"s3://bucket/models/lint-sample/{artifact_id}",
             )
             target = folder / f"{mode}-torch-{has_torch}.Dockerfile"

@@ -40,6 +40,8 @@ from packager.settings import build_dir, secret_values
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
+    import jinja2
+
     from packager.convert.artifact import Artifact
 
 # Layer steps, in build order: what each instruction that adds a layer holds (see RenderResult).
@@ -143,7 +145,7 @@ def _json_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v.replace("'", "\\u0027") if k == "WORKER_CONFIG" else v for k, v in env.items()}
 
 
-def _environment():  # type: ignore[no-untyped-def]
+def _environment() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(

@@ -90,7 +90,8 @@ def source_info(lock: Lock) -> dict[str, Any]:
 def _convert(
     loaded: LoadedRecipe, lock: Lock, *, out_dir: Path | None, quiet: bool, verify: bool
 ) -> Artifact:
-    from packager.convert.converter import ConvertSettings, convert
+    from packager.convert.converter import convert
+    from packager.convert.settings import ConvertSettings
     from packager.source.fetch import fetch
     from packager.source.lock import record_artifact_id
 

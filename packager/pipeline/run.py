@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from packager.image.render import RenderResult
     from packager.source.lock import Lock
     from packager.store.seed import SeedResult
-    from packager.store.stores import Store, TransferResult
+    from packager.store.stores import Store
+    from packager.store.transfer import TransferResult
 
 ImagePolicy = Literal["build", "render", "auto"]
 

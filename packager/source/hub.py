@@ -12,10 +12,11 @@ import glob
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from packager import settings
@@ -218,6 +219,17 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
 
     The token is never part of a message: we write our own text rather than passing theirs on.
     """
+    try:
+        yield
+    except Exception as exc:
+        message = _explain(exc, f"hub repo {repo!r}" if repo else "the download", repo, revision)
+        if message is None:
+            raise
+        raise HubError(message) from None
+
+
+def _explain(exc: Exception, what: str, repo: str | None, revision: str | None) -> str | None:
+    """The one line for a hub failure, or None for one that is not the hub's (a bug: re-raised)."""
     import httpx2
     from huggingface_hub.errors import (
         DisabledRepoError,
@@ -230,54 +242,64 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
         RevisionNotFoundError,
     )
 
-    what = f"hub repo {repo!r}" if repo else "the download"
     has_token = settings.hf_token() is not None
-    try:
-        yield
-    except GatedRepoError:
-        if has_token:
-            raise HubError(
+    unreachable = f"cannot reach the hub at {endpoint()} for {what}"
+    # Most specific first: several of these subclass HfHubHTTPError.
+    rules: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[], str]]] = [
+        (
+            GatedRepoError,
+            lambda: (
                 f"{what} is gated and HF_TOKEN's account has no access: accept its terms at"
                 f" {endpoint()}/{repo} with that account"
-            ) from None
-        raise HubError(
-            f"{what} is gated: accept its terms at {endpoint()}/{repo},"
-            " then set HF_TOKEN to a token of that account"
-        ) from None
-    except RevisionNotFoundError:
-        raise HubError(f"{what} has no revision {revision!r} (give a branch, tag or commit sha)") from None
-    except RepositoryNotFoundError:
-        if has_token:
-            raise HubError(f"{what} not found, or HF_TOKEN cannot read it (check the repo id)") from None
-        raise HubError(
-            f"{what} not found (check the repo id;"
-            " for a private repo set HF_TOKEN to a token that can read it)"
-        ) from None
-    except DisabledRepoError:
-        raise HubError(f"{what} is disabled on the hub") from None
-    except RemoteEntryNotFoundError as exc:
-        name = exc.response.url.path.rsplit("/resolve/", 1)[-1] if exc.response is not None else "?"
-        raise HubError(f"{what} at {revision}: file not found ({name})") from None
-    except OfflineModeIsEnabled:
-        raise HubError(f"{what}: HF_HUB_OFFLINE is set and the files are not in the local cache") from None
-    except LocalEntryNotFoundError:
+                if has_token
+                else f"{what} is gated: accept its terms at {endpoint()}/{repo},"
+                " then set HF_TOKEN to a token of that account"
+            ),
+        ),
+        (
+            RevisionNotFoundError,
+            lambda: f"{what} has no revision {revision!r} (give a branch, tag or commit sha)",
+        ),
+        (
+            RepositoryNotFoundError,
+            lambda: (
+                f"{what} not found, or HF_TOKEN cannot read it (check the repo id)"
+                if has_token
+                else f"{what} not found (check the repo id;"
+                " for a private repo set HF_TOKEN to a token that can read it)"
+            ),
+        ),
+        (DisabledRepoError, lambda: f"{what} is disabled on the hub"),
+        (RemoteEntryNotFoundError, lambda: f"{what} at {revision}: file not found ({_missing_name(exc)})"),
+        (
+            OfflineModeIsEnabled,
+            lambda: f"{what}: HF_HUB_OFFLINE is set and the files are not in the local cache",
+        ),
         # huggingface_hub's answer when the hub cannot be reached and the cache lacks the files.
-        raise HubError(
-            f"cannot reach the hub at {endpoint()} for {what} (check the network or HF_ENDPOINT)"
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        if status == 401:
-            raise HubError(f"{what}: the hub refused HF_TOKEN (401): set HF_TOKEN to a valid token") from None
-        if status == 403:
-            raise HubError(f"{what}: HF_TOKEN lacks permission (403): use a token with read access") from None
-        if status == 429:
-            raise HubError(
-                f"{what}: rate-limited by the hub (429): wait and retry, or set HF_TOKEN"
-            ) from None
-        raise HubError(f"{what}: the hub answered HTTP {status}: retry later") from None
-    except (httpx2.TransportError, ConnectionError) as exc:
-        raise HubError(
-            f"cannot reach the hub at {endpoint()} for {what} ({type(exc).__name__}):"
-            " check the network or HF_ENDPOINT"
-        ) from None
+        (LocalEntryNotFoundError, lambda: f"{unreachable} (check the network or HF_ENDPOINT)"),
+        (HfHubHTTPError, lambda: _http_message(exc, what)),
+        (
+            (httpx2.TransportError, ConnectionError),
+            lambda: f"{unreachable} ({type(exc).__name__}): check the network or HF_ENDPOINT",
+        ),
+    ]
+    for kinds, message in rules:
+        if isinstance(exc, kinds):
+            return message()
+    return None
+
+
+def _missing_name(exc: Any) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.url.path).rsplit("/resolve/", 1)[-1] if response is not None else "?"
+
+
+def _http_message(exc: Any, what: str) -> str:
+    response = getattr(exc, "response", None)
+    status = response.status_code if response is not None else 0
+    known = {
+        401: f"{what}: the hub refused HF_TOKEN (401): set HF_TOKEN to a valid token",
+        403: f"{what}: HF_TOKEN lacks permission (403): use a token with read access",
+        429: f"{what}: rate-limited by the hub (429): wait and retry, or set HF_TOKEN",
+    }
+    return known.get(status, f"{what}: the hub answered HTTP {status}: retry later")

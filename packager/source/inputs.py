@@ -47,7 +47,10 @@ class Fetched:
 class Input(Protocol):
     """One source of weights, as the recipe states it."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """The recipe's word for this kind of source, as the lock records it."""
+        ...
 
     def declared(self) -> dict[str, Any]:
         """The recipe's statement of the source, keyed like `recorded()` of the lock's source."""

@@ -4,7 +4,7 @@ A lock records the source (hub commit sha, or the content of local files), every
 needs with its size and sha256, and the packing settings that change the output bytes (precision,
 dropped components, converter version, ...). All of it is hashed into one `fingerprint`, so a
 change in *how* we pack invalidates the lock as surely as a change in *what* we pack, and the
-artifact id the lead's code records for a fingerprint can be trusted without converting again.
+artifact id recorded for a fingerprint can be trusted without converting again.
 
 Where sha256s come from:
 - hub LFS files: the hub's own `lfs.sha256` (no download needed to lock them);
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact_format.manifest import ManifestError, canonical_json, safe_relpath
-from packager.convert.settings import CONVERTER_VERSION
+from artifact_format.vocab import CONVERTER_VERSION
 from packager.errors import LockError
 from packager.settings import secret_values
 from packager.source.inputs import input_for

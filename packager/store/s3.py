@@ -74,7 +74,7 @@ class S3Store:
             raise self._fail(exc, f"checking s3://{self.bucket}/{key}") from None
         except BotoCoreError as exc:
             raise self._fail(exc, f"checking s3://{self.bucket}/{key}") from None
-        return head.get("Metadata", {}).get("sha256", artifact_id) == artifact_id
+        return bool(head.get("Metadata", {}).get("sha256", artifact_id) == artifact_id)
 
     def check(self) -> None:
         """One small listing: names a missing bucket, refused keys or a wrong endpoint."""

@@ -341,7 +341,8 @@ def test_an_up_to_date_image_is_not_rebuilt(
         quiet=True,
         client=docker_rig.client(),
     )
-    assert again.skipped and again.image_id == baked.image_id
+    assert again.skipped
+    assert again.image_id == baked.image_id
 
 
 # --- 2. code-only change ----------------------------------------------------------------------------------
@@ -367,7 +368,8 @@ def test_code_only_rebuild_reuses_every_weight_layer(
         quiet=True,
         client=docker_rig.client(),
     )
-    assert not rebuilt.skipped and rebuilt.image_id != baked.image_id
+    assert not rebuilt.skipped
+    assert rebuilt.image_id != baked.image_id
     before = {x.step: x.digest for x in baked.layers}
     after = {x.step: x.digest for x in rebuilt.layers}
     for step in WEIGHT_STEPS:
@@ -405,7 +407,8 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
         client=client,
     )
     push_s = time.monotonic() - started
-    assert pushed.pushed and pushed.uploaded_layers >= len(WEIGHT_STEPS) + len(CODE_STEPS)
+    assert pushed.pushed
+    assert pushed.uploaded_layers >= len(WEIGHT_STEPS) + len(CODE_STEPS)
     assert image_push.is_pushed(pushed, client=client)
 
     # A code-only release: the registry already has every layer but the code ones.

@@ -33,7 +33,8 @@ def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path
     """The artifact `packager convert` makes of `source` (fp32, the precision a CPU serves in),
     without the safety checker, at `out_dir`. Returns (artifact_dir, artifact_id); cached."""
     from artifact_format import manifest as mf
-    from packager.convert.converter import ConvertSettings, convert
+    from packager.convert.converter import convert
+    from packager.convert.settings import ConvertSettings
     from packager.source.local_folder import select_local
 
     if (out_dir / mf.MANIFEST_NAME).exists():

@@ -102,7 +102,7 @@ def hub(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     local_hub.reset_stats()
-    yield local_hub
+    return local_hub
 
 
 @pytest.fixture

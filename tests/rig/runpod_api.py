@@ -189,7 +189,8 @@ class RunPodStandIn:
         self._ids = itertools.count(1)
         self.schema = build_schema(SDL)
         mutations = self.schema.mutation_type
-        assert mutations is not None and self.schema.query_type is not None
+        assert mutations is not None
+        assert self.schema.query_type is not None
         self.schema.query_type.fields["myself"].resolve = self._myself
         mutations.fields["saveTemplate"].resolve = self._save_template
         mutations.fields["saveEndpoint"].resolve = self._save_endpoint
