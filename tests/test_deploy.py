@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from packager.deploy import runpod_api as gql
 from packager.errors import DeployError
 from packager.image import naming
 from packager.source.recipe import load_recipe
+from tests.rig.cli import run_packager
 from tests.rig.runpod_api import RunPodStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,14 +79,7 @@ def run_deploy(
         env["RUNPOD_API_BASE_URL"] = api.url
         if key is not None:
             env["RUNPOD_API_KEY"] = api.api_key if key == "standin" else key
-    return subprocess.run(
-        [sys.executable, "-m", "packager", "deploy", str(recipe), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_packager("deploy", str(recipe), *args, env=env, timeout=120)
 
 
 def deploy_json(recipe: Path, api: RunPodStandIn, *args: str, home: Path) -> dict[str, Any]:

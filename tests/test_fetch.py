@@ -16,7 +16,8 @@ from packager.source import lock as lk
 from packager.source.fetch import fetch
 from packager.source.recipe import load_recipe
 from tests.rig import layouts as L
-from tests.rig.fixtures_hub import HUB_TOKEN, run_packager, write_recipe
+from tests.rig.cli import run_packager
+from tests.rig.fixtures_hub import HUB_TOKEN, write_recipe
 from tests.rig.localhub import resolve_url
 
 

@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.rig.cli import imported_modules, run_packager
 from tests.rig.fixtures_s3 import S3Env
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs the CLI like a user would, then reports which heavy modules the run imported.
-_PROBE = """
-import sys
-from packager.cli import main
-try:
-    main()
-finally:
-    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-    print("IMPORTED:" + ",".join(heavy), file=sys.stderr)
-"""
-
 
 def package(recipe: Path, env: dict[str, str], *args: str) -> tuple[dict, list[str]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, "package", str(recipe), "--json", "--image", "render", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_packager(
+        "package", str(recipe), "--json", "--image", "render", *args, env=env, report_imports=True
     )
     assert proc.returncode == 0, proc.stderr
-    imported = proc.stderr.strip().splitlines()[-1].removeprefix("IMPORTED:")
-    return json.loads(proc.stdout), [m for m in imported.split(",") if m]
+    return json.loads(proc.stdout), imported_modules(proc)
 
 
 def write_recipe(folder: Path, source: Path, s3: S3Env, volume_bucket: str, extra: str = "") -> Path:
@@ -96,14 +78,7 @@ def test_changed_setting_makes_a_new_artifact_and_frozen_refuses_drift(
     first, _ = package(recipe, env)
 
     recipe.write_text(recipe.read_text() + "precision: bf16\n")
-    frozen = subprocess.run(
-        [sys.executable, "-m", "packager", "package", str(recipe), "--frozen", "--image", "render"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    frozen = run_packager("package", str(recipe), "--frozen", "--image", "render", env=env, timeout=120)
     assert frozen.returncode == 2
     assert len(frozen.stderr.strip().splitlines()) == 1
     assert "precision" in frozen.stderr or "settings" in frozen.stderr
@@ -118,19 +93,30 @@ def test_summary_table_for_people(s3: S3Env, tiny_build: tuple[Path, Path], tmp_
     volume = s3.new_bucket(f"vol-table-{tmp_path.name[-8:].lower().replace('_', '-')}")
     recipe = write_recipe(tmp_path, source, s3, volume)
     env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
-    package(recipe, env)
-    proc = subprocess.run(
-        [sys.executable, "-m", "packager", "package", str(recipe), "--image", "render"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    first, _ = package(recipe, env)
+    proc = run_packager("package", str(recipe), "--image", "render", env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for label in ("artifact id", "bytes before → after", "store", "image", "planned cold start"):
-        assert label in proc.stdout
-    assert "nothing moved" in proc.stdout
+    stages_text, _, rows_text = proc.stdout.partition("\n\n")
+    rows = dict(line.split("  ", 1) for line in rows_text.strip().splitlines())
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    assert rows["recipe"] == "tiny (baked)"
+    assert rows["artifact id"] == first["artifact_id"]
+    assert rows["store"] == first["store_uri"]
+    assert first["artifact_id"] in rows["store"]
+    assert rows["bytes before → after"].count("→") == 1
+    before, after = (part.strip() for part in rows["bytes before → after"].split("→"))
+    assert before != after, "the fp32 source halves in fp16"
+    assert rows["image"].startswith(f"{first['image_tag']}  (rendered only: ")
+    assert rows["planned cold start"].endswith(")")
+    assert float(rows["planned cold start"].split(" s ", 1)[0]) > 0
+    assert rows["this run"] == "nothing moved (every stage already done)"
+    statuses = {line.split()[0]: line.split()[1] for line in stages_text.strip().splitlines()[2:]}
+    assert statuses == {
+        "lock": "fresh",
+        "convert": "skipped",
+        "upload": "skipped",
+        "image": "skipped",
+    }
 
 
 def test_package_all_reports_every_recipe_and_one_failure_does_not_stop_the_others(
@@ -142,14 +128,7 @@ def test_package_all_reports_every_recipe_and_one_failure_does_not_stop_the_othe
     (recipes / "good.yaml").write_text(f"name: good\nsource: {{path: {source}}}\nprecision: fp32\n")
     (recipes / "broken.yaml").write_text("name: broken\nsource: {path: ./missing}\nprecision: half\n")
     env = {**os.environ, "PACKAGER_BUILD_DIR": str(tmp_path / "build")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "packager", "package-all", str(recipes), "--image", "render", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_packager("package-all", str(recipes), "--image", "render", "--json", env=env, timeout=600)
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
     by_name = {Path(r["recipe"]).name: r for r in data["results"]}
@@ -175,23 +154,8 @@ def test_gc_removes_what_no_lock_points_at(tiny_build: tuple[Path, Path], tmp_pa
     assert {p.name for p in artifacts.iterdir()} >= {old["artifact_id"], new["artifact_id"]}
 
     def gc(*args: str) -> dict:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "packager",
-                "gc",
-                "--recipes",
-                str(recipes),
-                "--no-images",
-                "--json",
-                *args,
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = run_packager(
+            "gc", "--recipes", str(recipes), "--no-images", "--json", *args, env=env, timeout=120
         )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)

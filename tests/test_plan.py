@@ -6,7 +6,6 @@ import json
 import math
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from artifact_format import manifest as mf
 from packager.deploy.cost import CostModel
 from packager.deploy.plan import layers_from_history
 from tests.rig.artifacts import make_artifact, tiny_source
+from tests.rig.cli import run_packager
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = {
@@ -49,13 +49,7 @@ def bench(tmp_path: Path) -> Path:
 
 
 def run_plan(recipe: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", "plan", str(recipe), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_packager("plan", str(recipe), *args)
 
 
 def plan_json(recipe: Path, *args: str) -> dict[str, Any]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +12,10 @@ from hypothesis import strategies as st
 
 from packager.errors import RecipeError
 from packager.source.recipe import load_recipe, parse_recipe
+from tests.rig.cli import run_packager
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
-
-
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_the_real_recipes_are_shipped() -> None:
@@ -38,7 +31,7 @@ def test_the_real_recipes_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path: Path) -> None:
-    result = run_cli("validate", str(path), "--json")
+    result = run_packager("validate", str(path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["name"] == load_recipe(path).recipe.name
@@ -96,7 +89,7 @@ def test_bad_recipes_fail_with_one_line_naming_file_line_and_field(
 ) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    result = run_cli("validate", str(bad))
+    result = run_packager("validate", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -106,7 +99,7 @@ def test_bad_recipes_fail_with_one_line_naming_file_line_and_field(
 
 
 def test_missing_recipe_file_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("validate", str(tmp_path / "nope.yaml"))
+    result = run_packager("validate", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"packager: error: {tmp_path / 'nope.yaml'}: no such recipe file"
 

@@ -25,6 +25,7 @@ from packager.image.lint_dockerfiles import HADOLINT_ARGS, hadolint_binary
 from packager.image.lint_dockerfiles import main as lint_main
 from packager.source.recipe import load_recipe
 from tests.rig.artifacts import make_artifact, tiny_recipe, tiny_source
+from tests.rig.cli import run_packager
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -464,17 +465,6 @@ def test_make_lint_entry_point_runs() -> None:
 # --- commands -------------------------------------------------------------------------------------------
 
 
-def _packager(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 def test_render_command_writes_a_context_and_build_says_there_is_no_engine(
     tiny: tuple[Path, Artifact], tmp_path: Path
 ) -> None:
@@ -486,7 +476,7 @@ def test_render_command_writes_a_context_and_build_says_there_is_no_engine(
         "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
         **SECRETS,
     }
-    done = _packager(["render", str(recipe_path), "--mode", "baked", "--json"], env, tmp_path)
+    done = run_packager("render", str(recipe_path), "--mode", "baked", "--json", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     context = Path(data["context_dir"])
@@ -497,14 +487,14 @@ def test_render_command_writes_a_context_and_build_says_there_is_no_engine(
     assert data["hard_linked"] > 0
     assert data["copied"] == 0
 
-    volume = _packager(
-        ["render", str(recipe_path), "--mode", "volume", "-o", str(tmp_path / "v")], env, tmp_path
+    volume = run_packager(
+        "render", str(recipe_path), "--mode", "volume", "-o", str(tmp_path / "v"), env=env, cwd=tmp_path
     )
     assert volume.returncode == 0, volume.stderr
     assert "rendered" in volume.stdout
     assert (tmp_path / "v/Dockerfile").is_file()
 
-    build = _packager(["build", str(recipe_path)], env, tmp_path)
+    build = run_packager("build", str(recipe_path), env=env, cwd=tmp_path)
     assert build.returncode == 2
     lines = build.stderr.strip().splitlines()
     assert len(lines) == 1, build.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from packager.errors import VolumeError
 from packager.source.recipe import load_recipe
 from packager.store.seed import PART_LIMIT, seed_volume, volume_has_artifact, volume_target
 from packager.store.transfer import TransferSettings
+from tests.rig.cli import run_packager
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 from volume_sync.pull import pull
@@ -168,17 +167,6 @@ def test_the_runpod_profile_holds_the_volume_keys(
         volume_has_artifact(volume, artifact.id)
 
 
-def packager(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_seed_then_rerun(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path: Path) -> None:
     from tests.rig.artifacts import tiny_recipe
 
@@ -189,7 +177,7 @@ def test_cli_seed_then_rerun(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path:
     recipe = tiny_recipe(build.parent / "recipes", source, extra=extra)
     env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(build))
 
-    first = packager("seed", str(recipe), "--json", env=env)
+    first = run_packager("seed", str(recipe), "--json", env=env)
 
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
@@ -200,7 +188,7 @@ def test_cli_seed_then_rerun(s3: S3Env, tiny_build: tuple[Path, Path], tmp_path:
     assert prefix + mf.READY_MARKER in s3.keys(prefix, bucket=VOLUME_ID)
     s3.traffic.reset()
 
-    again = packager("seed", str(recipe), env=env)
+    again = run_packager("seed", str(recipe), env=env)
 
     assert again.returncode == 0, again.stderr
     assert "already complete" in again.stdout
@@ -218,7 +206,9 @@ def test_cli_seed_to_an_unknown_volume_is_one_line(
     extra = f"volume:\n  id: novolume42\n  endpoint_url: {s3.endpoint_url}\n"
     recipe = tiny_recipe(tmp_path, source, extra=extra)
 
-    done = packager("seed", str(recipe), env=s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build")))
+    done = run_packager(
+        "seed", str(recipe), env=s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
+    )
 
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]

@@ -20,6 +20,7 @@ from packager.store.local import LocalStore
 from packager.store.s3 import S3Store
 from packager.store.stores import open_store_uri, split_artifact_uri
 from packager.store.transfer import TransferSettings
+from tests.rig.cli import run_packager
 from tests.rig.fixtures_s3 import S3Env
 from tests.rig.s3 import load_artifact, synthetic_artifact
 
@@ -391,22 +392,11 @@ def test_incomplete_local_artifact_is_not_uploaded(artifact, tmp_path: Path) -> 
 # -- the CLI ---------------------------------------------------------------------------------------
 
 
-def packager(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_cli_pull_by_uri(s3: S3Env, artifact, tmp_path: Path) -> None:
     open_store_uri(s3.uri("models"), settings=SMALL_PARTS).upload(artifact, progress=False)
     uri = f"s3://{s3.bucket}/models/demo/{artifact.id}"
 
-    done = packager("pull", uri, str(tmp_path / "pulled"), "--json", env=s3.subprocess_env())
+    done = run_packager("pull", uri, str(tmp_path / "pulled"), "--json", env=s3.subprocess_env())
 
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -435,9 +425,9 @@ def test_cli_store_errors_are_one_line_exit_2(s3: S3Env, tmp_path: Path, case: s
         from moto.core.authorization import enable_iam_authentication
 
         with enable_iam_authentication():
-            done = packager("pull", uri, str(tmp_path / "pulled"), env=env)
+            done = run_packager("pull", uri, str(tmp_path / "pulled"), env=env)
     else:
-        done = packager("pull", uri, str(tmp_path / "pulled"), env=env)
+        done = run_packager("pull", uri, str(tmp_path / "pulled"), env=env)
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -458,7 +448,7 @@ def test_cli_upload_rerun_and_pull_by_recipe(
     recipe = tiny_recipe(build.parent / "recipes", source, extra=f"store:\n  uri: s3://{s3.bucket}/models\n")
     env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(build))
 
-    first = packager("upload", str(recipe), "--json", env=env)
+    first = run_packager("upload", str(recipe), "--json", env=env)
 
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
@@ -471,7 +461,7 @@ def test_cli_upload_rerun_and_pull_by_recipe(
     local.rename(hidden)
     s3.traffic.reset()
     try:
-        again = packager("upload", str(recipe), env=env)
+        again = run_packager("upload", str(recipe), env=env)
     finally:
         hidden.rename(local)
     assert again.returncode == 0, again.stderr
@@ -479,7 +469,7 @@ def test_cli_upload_rerun_and_pull_by_recipe(
     assert "converting" not in again.stderr
     assert [r.op for r in s3.traffic.select(s3.bucket)] == ["HeadObject"]
 
-    pulled = packager("pull", str(recipe), str(tmp_path / "pulled"), env=env)
+    pulled = run_packager("pull", str(recipe), str(tmp_path / "pulled"), env=env)
 
     assert pulled.returncode == 0, pulled.stderr
     assert "fetched" in pulled.stdout
@@ -496,7 +486,7 @@ def test_cli_upload_to_a_missing_bucket_fails_before_converting(
     recipe = tiny_recipe(tmp_path, source, extra="store:\n  uri: s3://no-such-bucket-here/models\n")
     env = s3.subprocess_env(PACKAGER_BUILD_DIR=str(tmp_path / "build"))
 
-    done = packager("upload", str(recipe), env=env)
+    done = run_packager("upload", str(recipe), env=env)
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.rig.artifacts import tiny_recipe, tiny_source
+from tests.rig.cli import run_packager
 from tests.rig.worker import REPO, decode_png, free_port, worker_env
 
 
@@ -25,23 +26,12 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     return tiny_recipe(root / "recipes", source, extra=extra), env
 
 
-def packager(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_smoke_answers_one_request_and_saves_the_image(
     recipe: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     path, env = recipe
     out = tmp_path / "images" / "smoke.png"
-    proc = packager(
+    proc = run_packager(
         "smoke", str(path), "-o", str(out), "--seed", "21", "--width", "128", "--json", env=env, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,7 +51,7 @@ def test_smoke_fails_in_one_line_when_the_worker_refuses_the_request(
 ) -> None:
     path, env = recipe
     out = tmp_path / "smoke.png"
-    proc = packager("smoke", str(path), "-o", str(out), "--width", "100", env=env, cwd=REPO)
+    proc = run_packager("smoke", str(path), "-o", str(out), "--width", "100", env=env, cwd=REPO)
     assert proc.returncode == 2
     assert "width: must be a multiple of 8 (got 100)" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("packager: error: smoke: the worker for tiny")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 recipe_argument = click.argument(
     "recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False, path_type=str)
@@ -33,3 +38,15 @@ find_links_option = click.option(
     default=None,
     help="Install the worker's packages only from this wheelhouse URL (offline builds); no credentials.",
 )
+
+
+def image_policy_option(default: str) -> Callable[[F], F]:
+    """`--image build|render|auto`: what the image stage does (build needs a Docker engine)."""
+    return click.option(
+        "--image",
+        "image_policy",
+        type=click.Choice(["build", "render", "auto"]),
+        default=default,
+        show_default=True,
+        help="Build the image, only render its Dockerfile and context, or build when an engine is reachable.",
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from packager.commands.options import frozen_option, mode_option, recipe_argument
+from packager.commands.options import frozen_option, image_policy_option, mode_option, recipe_argument
 from packager.output import emit, grid, human_bytes, json_option
 from packager.source.recipe import load_recipe
 
@@ -16,14 +16,7 @@ from packager.source.recipe import load_recipe
 @mode_option
 @frozen_option
 @click.option("--push/--no-push", default=None, help="Push the image (default: the recipe's image.push).")
-@click.option(
-    "--image",
-    "image_policy",
-    type=click.Choice(["build", "render", "auto"]),
-    default="build",
-    show_default=True,
-    help="Build the image, only render its Dockerfile and context, or build when an engine is reachable.",
-)
+@image_policy_option("build")
 @json_option
 def package(
     recipe_file: str, mode: str | None, frozen: bool, push: bool | None, image_policy: str, as_json: bool

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from artifact_format.vocab import short_id
-from packager.commands.options import frozen_option, mode_option
+from packager.commands.options import frozen_option, image_policy_option, mode_option
 from packager.output import emit, grid, json_option
 
 
@@ -22,14 +22,7 @@ from packager.output import emit, grid, json_option
 @mode_option
 @frozen_option
 @click.option("-j", "--jobs", type=int, default=None, help="Recipes packaged at once (default: cores / 2).")
-@click.option(
-    "--image",
-    "image_policy",
-    type=click.Choice(["build", "render", "auto"]),
-    default="auto",
-    show_default=True,
-    help="As for `package`.",
-)
+@image_policy_option("auto")
 @json_option
 def package_all(
     folder: Path, mode: str | None, frozen: bool, jobs: int | None, image_policy: str, as_json: bool

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,21 +107,6 @@ def hub(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def hub_env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     """Environment for `packager` subprocesses: the same hub and HF cache as the `hub` fixture."""
     return hub_environment(hub.url, tmp_path / "hf-home")
-
-
-def run_packager(
-    *args: str, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`packager ARGS` in a subprocess, as a user runs it (stdin closed, output captured)."""
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
 
 
 def write_recipe(folder: Path, body: str, name: str = "model") -> Path:
