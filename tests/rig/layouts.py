@@ -17,6 +17,8 @@ other layout is derived from them by rewriting files, so the whole set costs two
 | tiny/sd-gated            | a gated copy of the SD safetensors repo                                   |
 | tiny/sd-private          | a private copy                                                            |
 
+The transformer pipelines' repos (FLUX.1, SD 3.5, PixArt-Σ, Wan, LTX) are in tests/rig/layouts_dit.py.
+
 Every repo has `.gitattributes` and `README.md` at its root, as hub repos do. The SD repos without a
 safety checker are what `save_pretrained` writes for `with_safety_checker=False`.
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.rig.layouts_dit import DIT_REPOS, build_dit_layouts
 from tests.rig.localhub import LocalHub
 from tests.rig.models import TEXT_HIDDEN, save_sd_pipeline, text_encoder_config
 from tests.rig.tokenizer import write_clip_tokenizer
@@ -57,7 +60,7 @@ SINGLE_FILE_SAFETENSORS = "tiny-sd.safetensors"
 PORTRAITPLUS_ROOT_FILES = ("portrait+1.0.ckpt", "portrait+1.0.safetensors")
 
 # Bumped whenever a layout's bytes change, so a cached build of an older layout is not reused.
-LAYOUTS_VERSION = "2"
+LAYOUTS_VERSION = "3"
 _STAMP = ".layouts-complete"
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 
@@ -94,7 +97,7 @@ def layouts_key() -> str:
 
     rig = Path(__file__).parent
     h = hashlib.sha256(LAYOUTS_VERSION.encode())
-    for name in ("layouts.py", "models.py", "tokenizer.py"):
+    for name in ("layouts.py", "layouts_dit.py", "models.py", "models_dit.py", "tokenizer.py"):
         h.update((rig / name).read_bytes())
     for dist in ("torch", "diffusers", "transformers", "safetensors"):
         h.update(f"{dist}={version(dist)};".encode())
@@ -149,6 +152,10 @@ def _describe(root: Path) -> dict[str, RepoLayout]:
         RepoLayout(SD_EVERYTHING, {"main": d(SD_EVERYTHING) / "main"}, about="every format, onnx/ and flax"),
         RepoLayout(SD_GATED, {"main": d(SD_GATED) / "main"}, gated=True, about="gated"),
         RepoLayout(SD_PRIVATE, {"main": d(SD_PRIVATE) / "main"}, private=True, about="private"),
+    ]
+    layouts += [
+        RepoLayout(r.repo_id, {"main": d(r.repo_id) / "main"}, gated=r.gated, about=r.about)
+        for r in DIT_REPOS
     ]
     return {layout.repo_id: layout for layout in layouts}
 
@@ -229,6 +236,7 @@ def _build(root: Path) -> None:
         _copy(d(SD_FP16_BRANCH), d(repo_id))
 
     shutil.rmtree(work)
+    build_dit_layouts(root, d, _repo_files)
 
 
 def publish(hub: LocalHub, layouts: Mapping[str, RepoLayout]) -> dict[str, str]:
