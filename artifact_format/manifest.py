@@ -9,6 +9,12 @@ The manifest is canonical JSON (sorted keys, compact separators, one trailing ne
 timestamps) so that the same inputs give the same bytes on any machine; the artifact id is the
 sha256 of those exact bytes. That makes the id a content address: it names the weights, configs and
 packing settings at once, and anything that changes any of them changes the id.
+
+Schema 2 adds, per component, how its weights are stored and what they run in (`components`: e.g.
+a transformer stored in float8_e4m3fn that computes in bfloat16, upcast layer by layer except the
+modules its `skip_modules` patterns name) and, reserved for fused LoRAs, `fused_loras`. A manifest
+that records neither is written as schema 1, byte for byte what earlier packagers wrote, so the ids
+of artifacts that need no schema 2 field do not move; readers take both.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from typing import Any
 
 from artifact_format.vocab import ARTIFACT_ID_LEN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1 has no per-component precision and no fused LoRAs: every component is stored and run in
+# the manifest-wide `precision`.
+READABLE_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 # Written after the manifest on a network volume, where a directory cannot be renamed into place
 # atomically over the S3 API: an artifact on a volume is complete only when this file exists.
@@ -33,6 +42,8 @@ READY_MARKER = ".ready"
 VOLUME_MODELS_DIR = "models"
 
 _HASH_CHUNK = 8 * 1024 * 1024
+# The manifest-wide precision names and the torch dtype each stands for.
+PRECISION_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 class ManifestError(Exception):
@@ -59,6 +70,48 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class ComponentPrecision:
+    """How one component's weights are stored and what the worker runs them in (torch dtype names).
+
+    `storage` is the dtype of the component's weight tensors in the files (`float8_e4m3fn`,
+    `bfloat16`, …; tensors a keep-list holds in float32 show in the file entries' `dtype`);
+    `compute` is what it runs in. When they differ the worker loads the stored tensors as they are
+    and upcasts layer by layer, leaving the modules matched by `skip_modules` (regular expressions
+    over module names, as diffusers' `skip_modules_pattern` takes them) stored in `compute`.
+    """
+
+    storage: str
+    compute: str
+    skip_modules: tuple[str, ...] = ()
+
+    @property
+    def layerwise(self) -> bool:
+        return self.storage != self.compute
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compute": self.compute, "skip_modules": list(self.skip_modules), "storage": self.storage}
+
+
+@dataclass(frozen=True)
+class FusedLora:
+    """A LoRA merged into the weights at packaging time: its file's sha256, the scale it was fused
+    at, and where it came from (the same shape as the manifest's `source`)."""
+
+    sha256: str
+    scale: float
+    source: dict[str, Any] = field(default_factory=dict)
+    components: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "components": sorted(self.components),
+            "scale": self.scale,
+            "sha256": self.sha256,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What an artifact is: where it came from, how it was packed, and every file in it."""
 
@@ -70,10 +123,16 @@ class Manifest:
     scheduler: dict[str, Any] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()
     packing: dict[str, Any] = field(default_factory=dict)
-    schema: int = SCHEMA_VERSION
+    # Schema 2. `precision` stays the pipeline's compute precision (fp16, bf16, fp32).
+    components: dict[str, ComponentPrecision] = field(default_factory=dict)
+    fused_loras: tuple[FusedLora, ...] = ()
+
+    @property
+    def schema(self) -> int:
+        return SCHEMA_VERSION if self.components or self.fused_loras else 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "schema": self.schema,
             "name": self.name,
             "source": self.source,
@@ -84,6 +143,17 @@ class Manifest:
             "packing": self.packing,
             "files": [f.to_json() for f in sorted(self.files, key=lambda f: f.path)],
         }
+        if self.schema >= 2:
+            out["components"] = {k: v.to_json() for k, v in sorted(self.components.items())}
+            out["fused_loras"] = [lora.to_json() for lora in self.fused_loras]
+        return out
+
+    def precision_of(self, component: str) -> ComponentPrecision:
+        """A component's storage and compute dtypes; schema 1 stores everything in `precision`."""
+        if component in self.components:
+            return self.components[component]
+        dtype = PRECISION_DTYPES.get(self.precision, "float32")
+        return ComponentPrecision(storage=dtype, compute=dtype)
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
@@ -121,8 +191,9 @@ def parse(data: bytes) -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError("manifest is not a JSON object")
     schema = raw.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise ManifestError(f"manifest schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
+        readable = " or ".join(str(v) for v in READABLE_SCHEMAS)
+        raise ManifestError(f"manifest schema {schema!r} is not supported (expected {readable})")
     try:
         files = tuple(
             FileEntry(
@@ -143,10 +214,34 @@ def parse(data: bytes) -> Manifest:
             scheduler=dict(raw.get("scheduler") or {}),
             dropped=tuple(raw.get("dropped") or ()),
             packing=dict(raw.get("packing") or {}),
-            schema=int(schema),
+            components=_components(raw.get("components") or {}) if schema >= 2 else {},
+            fused_loras=_fused_loras(raw.get("fused_loras") or []) if schema >= 2 else (),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"manifest is missing or has a bad field: {exc}") from None
+
+
+def _components(raw: dict[str, Any]) -> dict[str, ComponentPrecision]:
+    return {
+        str(name): ComponentPrecision(
+            storage=str(entry["storage"]),
+            compute=str(entry["compute"]),
+            skip_modules=tuple(str(p) for p in entry.get("skip_modules") or ()),
+        )
+        for name, entry in raw.items()
+    }
+
+
+def _fused_loras(raw: list[Any]) -> tuple[FusedLora, ...]:
+    return tuple(
+        FusedLora(
+            sha256=str(entry["sha256"]),
+            scale=float(entry["scale"]),
+            source=dict(entry.get("source") or {}),
+            components=tuple(str(c) for c in entry.get("components") or ()),
+        )
+        for entry in raw
+    )
 
 
 def load(artifact_dir: str | os.PathLike[str]) -> Manifest:

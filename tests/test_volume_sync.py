@@ -113,6 +113,23 @@ def test_pull_from_a_local_directory_store(artifact, tmp_path: Path, mount: Path
     assert same_files(artifact, final)
 
 
+@pytest.mark.parametrize("schema", [1, 2])
+def test_pull_reads_both_manifest_schemas(tmp_path: Path, mount: Path, schema: int) -> None:
+    components = (
+        {"unet": mf.ComponentPrecision("float8_e4m3fn", "float16", ("norm",))} if schema == 2 else None
+    )
+    folder, artifact_id = synthetic_artifact(tmp_path / "art", 64 * 1024, name="demo", components=components)
+    artifact = load_artifact(folder)
+    assert artifact.manifest.schema == schema
+    uri = open_store_uri(str(tmp_path / "store")).upload(artifact, progress=False).uri
+
+    final = pull(uri, mount)
+
+    assert mf.artifact_id_of(final) == artifact_id
+    assert same_files(artifact, final)
+    assert mf.load(final).components == (components or {})
+
+
 def test_four_workers_at_once_download_once(s3: S3Env, artifact, in_store: str, mount: Path) -> None:
     s3.traffic.reset()
     # Slow GETs keep the first pull busy while the other three arrive.

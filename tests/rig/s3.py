@@ -203,11 +203,12 @@ _SMALL_FILES = (
 
 
 def synthetic_artifact(
-    folder: Path, total_bytes: int, name: str = "synthetic", seed: int = 0
+    folder: Path, total_bytes: int, name: str = "synthetic", seed: int = 0, components: Any = None
 ) -> tuple[Path, str]:
     """An artifact of about `total_bytes` of random weights in the diffusers layout, with a manifest.
 
     For transfer tests and benchmarks, which care about sizes and file counts, not about tensors.
+    `components` (name → ComponentPrecision) makes it a schema-2 manifest.
     Returns (artifact_dir, artifact_id).
     """
     from artifact_format import manifest as mf
@@ -225,6 +226,7 @@ def synthetic_artifact(
         pipeline="StableDiffusionPipeline",
         files=tuple(entries),
         packing={"converter": "synthetic"},
+        components=dict(components or {}),
     )
     return folder, mf.write(manifest, folder)
 
