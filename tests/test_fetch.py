@@ -134,7 +134,7 @@ def test_frozen_fetch_needs_a_fresh_lock(hub, hub_env, tmp_path):
     recipe.write_text(recipe.read_text() + "precision: bf16\n")
     drifted = run_packager("fetch", str(recipe), "--frozen", env=hub_env)
     assert drifted.returncode == 2
-    assert "is out of date (--frozen): recipe changed: precision 'fp16' → 'bf16'" in drifted.stderr
+    assert "is out of date (--frozen): recipe changed: precision 'auto' → 'bf16'" in drifted.stderr
     relocked = run_packager("fetch", str(recipe), env=hub_env)
     assert relocked.returncode == 0
     assert "warning:" in relocked.stderr

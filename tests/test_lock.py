@@ -66,6 +66,8 @@ def test_lock_records_every_needed_file_with_its_sha256(hub, hub_layouts, tmp_pa
         assert entry == {"size": (folder / rel).stat().st_size, "sha256": sha256(folder / rel)}, rel
     assert lock.settings == {
         "precision": "bf16",
+        "precision_overrides": {},
+        "shard_size": 5_000_000_000,
         "fp16_overflow": "fail",
         "pipeline": None,
         "scheduler": None,
@@ -116,11 +118,14 @@ def test_check_names_a_moved_branch(hub, hub_env, tmp_path):
 def test_check_names_a_changed_recipe_setting(hub, hub_env, tmp_path):
     recipe = hub_recipe(tmp_path, L.SD_BIN)
     dr.ensure_lock(load_recipe(recipe), frozen=False, quiet=True)
-    recipe.write_text(recipe.read_text() + "precision: bf16\ncomponents:\n  drop: [safety_checker]\n")
+    recipe.write_text(
+        recipe.read_text() + "precision: bf16\nshard_size: 2GiB\ncomponents:\n  drop: [safety_checker]\n"
+    )
     check = run_packager("lock", str(recipe), "--check", "--json", env=hub_env)
     assert check.returncode == 1
     reasons = json.loads(check.stdout)["reasons"]
-    assert "recipe changed: precision 'fp16' → 'bf16'" in reasons
+    assert "recipe changed: precision 'auto' → 'bf16'" in reasons
+    assert "recipe changed: shard_size 5000000000 → 2147483648" in reasons
     assert "recipe changed: components.drop [] → ['safety_checker']" in reasons
 
 
@@ -188,7 +193,7 @@ def test_ensure_lock_relocks_with_a_warning_and_frozen_refuses(hub, tmp_path, ca
     recipe.write_text(recipe.read_text() + "precision: fp32\n")
     loaded = load_recipe(recipe)
     with pytest.raises(
-        LockError, match=r"out of date \(--frozen\): recipe changed: precision 'fp16' → 'fp32'"
+        LockError, match=r"out of date \(--frozen\): recipe changed: precision 'auto' → 'fp32'"
     ):
         dr.ensure_lock(loaded, frozen=True, quiet=True)
     assert lk.read_lock(loaded) == first  # --frozen writes nothing

@@ -26,6 +26,12 @@ def test_the_real_recipes_are_shipped() -> None:
         "anything-v3.yaml",
         "sdxl-base.yaml",
         "examples/tiny.yaml",
+        "flux-schnell.yaml",
+        "flux-dev.yaml",
+        "sd3.5-medium.yaml",
+        "pixart-sigma.yaml",
+        "wan2.1-t2v-1.3b.yaml",
+        "ltx-video.yaml",
     } <= names
 
 
@@ -35,7 +41,23 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["name"] == load_recipe(path).recipe.name
-    assert data["precision"] in ("fp16", "bf16", "fp32")
+    assert data["precision"] in ("auto", "fp16", "bf16", "fp32", "fp8")
+    assert data["shard_size"].endswith(("GB", "GiB", "MB", "MiB"))
+
+
+def test_the_model_family_recipes_resolve_as_their_comments_say() -> None:
+    for name, precision in (
+        ("flux-schnell", "auto"),
+        ("flux-dev", "fp8"),
+        ("sd3.5-medium", "auto"),
+        ("pixart-sigma", "auto"),
+        ("wan2.1-t2v-1.3b", "auto"),
+        ("ltx-video", "auto"),
+    ):
+        recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml").recipe
+        assert recipe.precision == precision, name
+        assert recipe.packing_settings()["shard_size"] == 5 * 10**9, name
+        assert recipe.source.kind == "hub", name
 
 
 def test_revision_variant_and_precision_are_separate() -> None:
@@ -49,7 +71,8 @@ def test_minimal_recipe_gets_the_embedded_defaults(tmp_path: Path) -> None:
     recipe.parent.mkdir()
     recipe.write_text("name: x\nsource: {path: ./model}\n")
     loaded = load_recipe(recipe)
-    assert loaded.recipe.precision == "fp16"
+    assert loaded.recipe.precision == "auto"
+    assert loaded.recipe.shard_size == "5GB"
     assert loaded.recipe.mode == "baked"
     assert loaded.recipe.store.uri == "build/store"
     assert loaded.resolve(loaded.recipe.source.path or "") == recipe.parent / "model"
@@ -61,7 +84,16 @@ def test_minimal_recipe_gets_the_embedded_defaults(tmp_path: Path) -> None:
     [
         (
             "name: x\nsource: {path: .}\nprecision: half\n",
-            "bad.yaml:3: precision: must be one of fp16, bf16, fp32 (got 'half')",
+            "bad.yaml:3: precision: must be one of auto, fp16, bf16, fp32, fp8 (got 'half')",
+        ),
+        (
+            "name: x\nsource: {path: .}\nshard_size: 5XB\n",
+            "bad.yaml:3: shard_size: not a size (got '5XB'); write e.g. 5GB (10^9 bytes), 4GiB (2^30), 500MB",
+        ),
+        (
+            "name: x\nsource: {path: .}\nprecision_overrides:\n  transformer: {'*norm*': fp8}\n",
+            "bad.yaml:4: precision_overrides: transformer.*norm*: must be one of fp16, bf16, fp32 "
+            "(got 'fp8')",
         ),
         ("name: x\nsource: {path: .}\ncolour: red\n", "bad.yaml:3: colour: unknown field"),
         ("name: Bad Name\nsource: {path: .}\n", "bad.yaml:1: name: invalid value 'Bad Name'"),

@@ -153,3 +153,25 @@ def test_components_the_checkpoint_lacks_must_have_weights_or_be_dropped(tiny, t
     assert with_checker.file("safety_checker/model.safetensors").tensors == len(
         state(tiny["full"] / "safety_checker" / "model.safetensors")
     )
+
+
+def test_a_scaled_fp8_checkpoint_is_refused_in_one_line(tiny, tmp_path):
+    """ComfyUI's "scaled fp8" files carry a scale per layer; converting the weights without it would
+    store values off by that factor, so such a file is refused before anything is written."""
+    import torch
+    from safetensors.torch import save_file
+
+    weights = {
+        k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state(tiny["safetensors"]).items()
+    }
+    first = next(k for k, v in weights.items() if v.dtype == torch.float8_e4m3fn)
+    weights[first.removesuffix(".weight") + ".scale_weight"] = torch.tensor(0.5)
+    weights["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "scaled-fp8.safetensors"
+    save_file(weights, path)
+    with pytest.raises(
+        ConvertError,
+        match=r"^scaled-fp8\.safetensors: a scaled fp8 checkpoint \(per-layer scale_weight tensors\)",
+    ):
+        run(tiny["config"], path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,15 +1,17 @@
 """Weights → target-precision safetensors in the diffusers layout.
 
 `convert` turns the files of a diffusers folder (or a single-file checkpoint plus the configs it
-follows) into an artifact: one safetensors file a component in the target precision, configs and
+follows) into an artifact: each component's weights in the dtype precision.py decides tensor by
+tensor, packed into files of at most `shard_size` tensor bytes, configs and
 tokenizer copied unchanged, `model_index.json` updated for dropped components and overrides, and a
 manifest that hashes all of it. The work streams: tensors are read from memory maps, cast chunk by
 chunk on a small thread pool and written at their final offsets while a thread a file hashes them,
 so memory stays at a few chunk buffers however big the model is (see safetensors_writer.py).
 
 Layout decisions:
-- Sharded checkpoints are merged into one file a component: loaders map a safetensors file, so one
-  big file costs nothing at load time and keeps the artifact a plain diffusers folder.
+- Every component is re-packed by `shard_size`, sharded source or not: one image layer a file, and
+  registries refuse layers over 10 GB. A component that fits is one file under the standard name;
+  otherwise shards and the `*.safetensors.index.json` that `from_pretrained` reads (shards.py).
 - Variants (`*.fp16.safetensors`) and `.bin` files are written under the standard names
   (`diffusion_pytorch_model.safetensors` for diffusers components, `model.safetensors` for
   transformers ones), so plain `from_pretrained(dir)` finds them without a variant argument.
@@ -25,7 +27,6 @@ cache is what makes conversion fast); the manifest is, and `verify_artifact` re-
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 import shutil
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format import manifest as mf
-from artifact_format.vocab import CONVERTER_VERSION, MODEL_INDEX, SCHEDULER_CONFIG
+from artifact_format.vocab import CONVERTER_VERSION, INDEX_RE, MODEL_INDEX, SCHEDULER_CONFIG
 from packager.convert.files import (
     checked_relpath,
     copy_file,
@@ -43,15 +44,17 @@ from packager.convert.files import (
     rename_into_place,
     write_bytes,
 )
-from packager.convert.jobs import WeightsJob, run_jobs
+from packager.convert.jobs import ComponentWeights, WeightsJob, run_jobs
 from packager.convert.model_index import PipelinePlan, plan_pipeline, scheduler_override
-from packager.convert.settings import ConvertSettings, target_dtype
+from packager.convert.precision import PrecisionPlan, plan_precision
+from packager.convert.settings import ConvertSettings
+from packager.convert.shards import index_bytes, index_name
 from packager.convert.tensor_reader import TensorSet, open_tensors
-from packager.convert.weights import classify, pick_weights, same
+from packager.convert.weights import classify, dedupe_aliases, pick_weights
 from packager.errors import ConvertError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 def convert(
@@ -66,6 +69,7 @@ def convert(
     checkpoint: Path | None = None,
     workers: int = 2,
     progress: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> mf.Manifest:
     """Convert the selected source files into an artifact at `out_dir` and return its manifest.
 
@@ -81,6 +85,8 @@ def convert(
         checkpoint: a single-file checkpoint (original SD layout) to take the weights from.
         workers: threads that cast and write (hashing runs on one more thread per file).
         progress: show a progress bar on stderr.
+        notify: receives one line a message for the user: what each component is stored in,
+            and a warning for each explicit fp16 on a component known to overflow in it.
 
     Returns:
         The manifest written last into `out_dir` (its `artifact_id` names the artifact).
@@ -93,7 +99,6 @@ def convert(
     """
     import torch
 
-    dtype = target_dtype(settings.precision)
     if settings.fp16_overflow not in ("fail", "keep_fp32"):
         raise ConvertError(f"fp16_overflow: must be fail or keep_fp32 (got {settings.fp16_overflow!r})")
     rels = [checked_relpath(f) for f in files]
@@ -108,6 +113,13 @@ def convert(
         raise ConvertError(f"{checkpoint}: checkpoint file missing")
     index = read_json(src_root / MODEL_INDEX, MODEL_INDEX)
     plan = plan_pipeline(index, settings)
+    precision = plan_precision(
+        index, src_root, settings.precision, settings.precision_overrides, set(settings.drop)
+    )
+    if notify is not None:
+        notify(precision.summary())
+        for line in precision.warnings:
+            notify(line)
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +131,25 @@ def convert(
     torch.set_num_threads(1)
     try:
         entries, kept = _write_artifact(
-            src_root, rels, tmp, index, plan, settings, dtype, verify, checkpoint, workers, progress
+            src_root, rels, tmp, index, plan, settings, precision, verify, checkpoint, workers, progress
         )
         manifest = mf.Manifest(
             name=name,
             source=dict(source_info),
-            precision=settings.precision,
+            precision=precision.resolved,
             pipeline=plan.pipeline,
             files=tuple(entries),
             scheduler=plan.scheduler_record,
             dropped=tuple(sorted(settings.drop)),
+            components=precision.record(),
             packing={
                 "converter": CONVERTER_VERSION,
+                "precision": settings.precision,
+                "precision_overrides": {
+                    k: v if isinstance(v, str) else dict(sorted(v.items()))
+                    for k, v in sorted(settings.precision_overrides.items())
+                },
+                "shard_size": settings.shard_size,
                 "fp16_overflow": settings.fp16_overflow,
                 "kept_fp32": {k: sorted(v) for k, v in sorted(kept.items())},
             },
@@ -152,7 +171,7 @@ def _write_artifact(
     index: dict[str, Any],
     plan: PipelinePlan,
     settings: ConvertSettings,
-    dtype: torch.dtype,
+    precision: PrecisionPlan,
     verify: bool,
     checkpoint: Path | None,
     workers: int,
@@ -161,54 +180,124 @@ def _write_artifact(
     dropped = set(settings.drop)
     kept_rels = [r for r in rels if r.split("/")[0] not in dropped]
     groups, plain = classify(kept_rels)
-    jobs: list[WeightsJob] = []
-    entries: list[mf.FileEntry] = []
+    components: list[ComponentWeights] = []
     try:
-        if checkpoint is not None:
-            from packager.convert.singlefile import checkpoint_components
-
-            from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped)
-            for comp, (tensors, out_name) in from_ckpt.items():
-                groups.pop(comp, None)  # the checkpoint's weights win over any in the config folder
-                size = sum(t.nbytes for t in tensors.tensors.values())
-                opener: Callable[[], TensorSet] = functools.partial(same, tensors)
-                out_rel = f"{comp}/{out_name}"
-                jobs.append(WeightsJob(out_rel, checkpoint.name, opener, size, index.get(comp), dtype))
-        for folder, paths in sorted(groups.items()):
-            out_rel, sources = pick_weights(folder, paths, src_root)
-            label_of = {src_root / r: r for r in sources}
-            opener = functools.partial(open_tensors, [src_root / r for r in sources], label_of)
-            size = sum((src_root / r).stat().st_size for r in sources)
-            jobs.append(
-                WeightsJob(out_rel, ", ".join(sources), opener, size, index.get(folder.split("/")[0]), dtype)
-            )
-
-        weighted = {job.out_rel.split("/")[0] for job in jobs}
-        for comp, spec in sorted(index.items()):
-            if comp in dropped or comp.startswith("_") or not isinstance(spec, list) or None in spec:
-                continue
-            if f"{comp}/config.json" in plain and comp not in weighted:
-                where = (
-                    "in the checkpoint or the config folder" if checkpoint else "among the files to convert"
-                )
-                raise ConvertError(
-                    f"{comp}: no weights {where}; fetch them, or drop the component (components.drop)"
-                )
-
-        for rel in plain:
-            if rel == MODEL_INDEX and plan.index_bytes is not None:
-                entries.append(write_bytes(tmp, rel, plan.index_bytes))
-            elif rel == SCHEDULER_CONFIG and settings.scheduler:
-                src_config = read_json(src_root / rel, rel)
-                entries.append(write_bytes(tmp, rel, scheduler_override(src_config, settings.scheduler)))
-            else:
-                entries.append(copy_file(src_root / rel, tmp, rel))
-        if settings.scheduler and SCHEDULER_CONFIG not in plain:
-            raise ConvertError(f"scheduler: the source has no {SCHEDULER_CONFIG} to build the override from")
-
+        _open_components(src_root, groups, index, precision, checkpoint, dropped, components)
+        _require_weights(index, dropped, plain, components, checkpoint)
+        entries = _write_plain(src_root, plain, tmp, plan, settings)
+        jobs: list[WeightsJob] = []
+        for weights in components:
+            jobs += _shard_jobs(weights, tmp, settings, entries)
         entries += run_jobs(jobs, tmp, settings, verify, workers, progress)
-        kept = {j.out_rel: j.kept_fp32 for j in jobs if j.kept_fp32}
+        kept = {c.folder: c.kept_fp32 for c in components if c.kept_fp32}
         return entries, kept
     finally:
-        for job in jobs:
-            job.close()
+        for weights in components:
+            weights.tensors.close()
+
+
+def _open_components(
+    src_root: Path,
+    groups: dict[str, list[str]],
+    index: dict[str, Any],
+    precision: PrecisionPlan,
+    checkpoint: Path | None,
+    dropped: set[str],
+    out: list[ComponentWeights],
+) -> None:
+    """Open every component's source tensors (appended to `out` as they open, so they get closed)."""
+    if checkpoint is not None:
+        from packager.convert.singlefile import checkpoint_components
+
+        from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped)
+        for comp, (tensors, out_name) in from_ckpt.items():
+            groups.pop(comp, None)  # the checkpoint's weights win over any in the config folder
+            out.append(_component(comp, out_name, checkpoint.name, tensors, index, precision))
+    for folder, paths in sorted(groups.items()):
+        out_rel, sources = pick_weights(folder, paths, src_root)
+        label_of = {src_root / r: r for r in sources}
+        tensors = open_tensors([src_root / r for r in sources], label_of)
+        out_folder, _, out_name = out_rel.rpartition("/")
+        out.append(_component(out_folder, out_name, ", ".join(sources), tensors, index, precision))
+
+
+def _require_weights(
+    index: dict[str, Any],
+    dropped: set[str],
+    plain: list[str],
+    components: list[ComponentWeights],
+    checkpoint: Path | None,
+) -> None:
+    """A component with a config.json but no weights would load random: refuse it."""
+    weighted = {c.folder.split("/")[0] for c in components}
+    for comp, spec in sorted(index.items()):
+        if comp in dropped or comp.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        if f"{comp}/config.json" in plain and comp not in weighted:
+            where = "in the checkpoint or the config folder" if checkpoint else "among the files to convert"
+            raise ConvertError(
+                f"{comp}: no weights {where}; fetch them, or drop the component (components.drop)"
+            )
+
+
+def _write_plain(
+    src_root: Path, plain: list[str], tmp: Path, plan: PipelinePlan, settings: ConvertSettings
+) -> list[mf.FileEntry]:
+    """Configs and tokenizers as they are; model_index.json and the scheduler as the recipe edits them."""
+    entries = []
+    for rel in plain:
+        if rel == MODEL_INDEX and plan.index_bytes is not None:
+            entries.append(write_bytes(tmp, rel, plan.index_bytes))
+        elif rel == SCHEDULER_CONFIG and settings.scheduler:
+            src_config = read_json(src_root / rel, rel)
+            entries.append(write_bytes(tmp, rel, scheduler_override(src_config, settings.scheduler)))
+        elif not INDEX_RE.match(rel.rpartition("/")[2]):  # shard indexes are written anew
+            entries.append(copy_file(src_root / rel, tmp, rel))
+    if settings.scheduler and SCHEDULER_CONFIG not in plain:
+        raise ConvertError(f"scheduler: the source has no {SCHEDULER_CONFIG} to build the override from")
+    return entries
+
+
+def _shard_jobs(
+    weights: ComponentWeights, tmp: Path, settings: ConvertSettings, entries: list[mf.FileEntry]
+) -> list[WeightsJob]:
+    """One job a file of the component as `shard_size` packs it; the shard index when it takes several."""
+    if settings.fp16_overflow == "keep_fp32":
+        _prescan_overflow(weights, settings.shard_size)
+    shards = weights.shards(settings.shard_size)
+    if len(shards) > 1:
+        rel = f"{weights.folder}/{index_name(weights.file_name)}"
+        entries.append(write_bytes(tmp, rel, index_bytes(shards)))
+    return [
+        WeightsJob(f"{weights.folder}/{shard.name}", weights, list(shard.tensors), shard.nbytes)
+        for shard in shards
+    ]
+
+
+def _component(
+    folder: str, file_name: str, origin: str, tensors: TensorSet, index: dict[str, Any], plan: PrecisionPlan
+) -> ComponentWeights:
+    comp = folder.split("/")[0]
+    names = dedupe_aliases(tensors, index.get(comp))
+    return ComponentWeights(folder, file_name, origin, tensors, names, plan.for_component(comp))
+
+
+def _prescan_overflow(weights: ComponentWeights, limit: int) -> None:
+    """Find the tensors fp16 cannot hold before packing, when keeping them in fp32 could move
+    files past the limit (the rewrite after an overflow found while writing cannot re-pack)."""
+    import torch
+
+    narrowed = [
+        n
+        for n in weights.names
+        if weights.dtype_of(n) == torch.float16
+        and weights.tensors.tensors[n].is_floating_point()
+        and torch.finfo(weights.tensors.tensors[n].dtype).max > torch.finfo(torch.float16).max
+    ]
+    worst = sum(weights.nbytes(n) for n in weights.names) + sum(weights.nbytes(n) for n in narrowed)
+    if not narrowed or worst <= limit:
+        return
+    for name in narrowed:
+        src = weights.tensors.tensors[name]
+        if int(torch.isinf(src.to(torch.float16)).sum()) > int(torch.isinf(src).sum()):
+            weights.kept_fp32.add(name)

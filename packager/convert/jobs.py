@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format import manifest as mf
+from packager.convert.precision import ComponentPrecision
 from packager.convert.safetensors_writer import (
     Engine,
     Entry,
@@ -22,9 +23,9 @@ from packager.convert.safetensors_writer import (
     dtype_label,
     layout,
 )
-from packager.convert.settings import ConvertSettings
+from packager.convert.settings import ConvertSettings, TensorTransform
+from packager.convert.shards import Shard, plan_shards
 from packager.convert.tensor_reader import TensorSet
-from packager.convert.weights import dedupe_aliases
 from packager.errors import ConvertError
 
 if TYPE_CHECKING:
@@ -32,53 +33,74 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class WeightsJob:
-    """One output weights file and where its tensors come from.
+class ComponentWeights:
+    """One component's source tensors, opened once, and the dtype each is written in."""
 
-    Sources are opened only when the job's turn comes (`torch.load` of a big `.bin` takes a
-    while), so the first file is already being cast while the next ones are opened.
-    """
+    folder: str  # the component folder in the artifact
+    file_name: str  # its weights file name when one file holds them all
+    origin: str  # source file(s), for messages
+    tensors: TensorSet
+    names: list[str]  # what is written: every tensor less re-tied aliases
+    rules: ComponentPrecision
+    transform: TensorTransform | None = None
+    kept_fp32: set[str] = field(default_factory=set)
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        import torch
+
+        t = self.tensors.tensors[name]
+        if t.is_floating_point() and name in self.kept_fp32:
+            return torch.float32
+        return self.rules.dtype_for(name, t.dtype)
+
+    def nbytes(self, name: str) -> int:
+        return self.tensors.tensors[name].numel() * self.dtype_of(name).itemsize
+
+    def shards(self, limit: int) -> list[Shard]:
+        return plan_shards(self.file_name, {n: self.nbytes(n) for n in self.names}, limit)
+
+
+@dataclass
+class WeightsJob:
+    """One output weights file: a shard (or the whole) of one component."""
 
     out_rel: str
-    origin: str  # source file(s), for messages
-    opener: Callable[[], TensorSet]
-    size_hint: int  # source bytes: the biggest file goes first
-    component: Any  # its model_index.json entry, for tied-weight rules
-    dtype: torch.dtype
-    tensors: TensorSet | None = None
-    names: list[str] = field(default_factory=list)
-    kept_fp32: set[str] = field(default_factory=set)
+    weights: ComponentWeights
+    names: list[str]
+    size_hint: int  # bytes written: the biggest file goes first
     overflowed: set[str] = field(default_factory=set)
     writer: FileWriter | None = None
     flat: _FlatSource | None = None
 
-    def open(self) -> TensorSet:
-        if self.tensors is None:
-            self.tensors = self.opener()
-            self.names = dedupe_aliases(self.tensors, self.component)
-        return self.tensors
-
-    def close(self) -> None:
-        if self.tensors is not None:
-            self.tensors.close()
+    @property
+    def origin(self) -> str:
+        return self.weights.origin
 
 
 class _FlatSource:
-    """1-D views of the source tensors; non-contiguous ones are copied once while in use."""
+    """1-D views of the tensors to store, made once per tensor while it is being written.
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    This is the one place a tensor's values can change before the cast: `transform` (when set)
+    gets each whole source tensor and returns what to store instead. Its result, like the copy of
+    a non-contiguous tensor, is kept only until the tensor's last chunk is written, so memory
+    stays bounded by the largest tensor.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], transform: TensorTransform | None = None) -> None:
         self._tensors = tensors
+        self._transform = transform
         self._copies: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
     def flat(self, name: str) -> torch.Tensor:
         t = self._tensors[name]
-        if t.is_contiguous():
+        if self._transform is None and t.is_contiguous():
             return t.reshape(-1)
         with self._lock:
             copy = self._copies.get(name)
             if copy is None:
-                copy = self._copies[name] = t.contiguous().reshape(-1)
+                made = self._transform(name, t) if self._transform is not None else t
+                copy = self._copies[name] = made.contiguous().reshape(-1)
             return copy
 
     def release(self, name: str) -> None:
@@ -125,12 +147,12 @@ def _queue_file(
 
     out_path = tmp / job.out_rel
     out_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tensors = job.open()
+    tensors = job.weights.tensors
     plan = _layout_for(job)
     if bar is not None:
         bar.total += plan.data_bytes
         bar.refresh()
-    job.flat = _FlatSource(tensors.tensors)
+    job.flat = _FlatSource(tensors.tensors, job.weights.transform)
     fill = _filler(job, plan, settings, engine.chunk_bytes)
     readback = None
     if verify:
@@ -158,7 +180,7 @@ def _write_all(jobs: list[WeightsJob], engine: Engine, start: Callable[[WeightsJ
                     # keep_fp32: the first pass found every tensor that overflows; write the file
                     # again with those in fp32 (fp32 holds any value the source had: once is enough).
                     job.writer.abandon()
-                    job.kept_fp32 |= job.overflowed
+                    job.weights.kept_fp32 |= job.overflowed
                     job.overflowed = set()
                     start(job)
         except BaseException as exc:
@@ -187,16 +209,10 @@ def _wait(future: Future[Any], engine: Engine) -> None:
 
 
 def _layout_for(job: WeightsJob) -> Layout:
-    import torch
-
     specs = []
-    assert job.tensors is not None
     for name in job.names:
-        t = job.tensors.tensors[name]
-        out = t.dtype
-        if t.is_floating_point():
-            out = torch.float32 if name in job.kept_fp32 else job.dtype
-        specs.append((name, out, tuple(t.shape)))
+        t = job.weights.tensors.tensors[name]
+        specs.append((name, job.weights.dtype_of(name), tuple(t.shape)))
     return layout(specs)
 
 
@@ -220,7 +236,11 @@ def _filler(
         src_full = flat.flat(entry.name)
         src = src_full[lo:hi]
         dst.copy_(src)
-        if (
+        if dst.dtype == torch.float8_e4m3fn and src.dtype != dst.dtype:
+            # The cast saturates silently: anything past fp8's range would be stored wrong.
+            if src.numel() and float(src.abs().max()) > torch.finfo(dst.dtype).max:
+                _overflow_fp8(job, entry, src_full)
+        elif (
             src.dtype != dst.dtype
             and dst.is_floating_point()
             and torch.finfo(dst.dtype).max < torch.finfo(src.dtype).max
@@ -239,6 +259,16 @@ def _filler(
     return fill
 
 
+def _overflow_fp8(job: WeightsJob, entry: Entry, src: torch.Tensor) -> None:
+    peak = float(src.float().abs().max())
+    where = job.weights.tensors.origin.get(entry.name, job.origin)
+    comp = job.weights.folder.split("/")[0]
+    raise ConvertError(
+        f"{where}: tensor {entry.name} has values beyond float8_e4m3fn's range (max |x| = {peak:.6g}); "
+        f'keep its layer out of fp8 with precision_overrides: {{{comp}: {{"{entry.name}": bf16}}}}'
+    )
+
+
 def _overflow(job: WeightsJob, entry: Entry, src: torch.Tensor, settings: ConvertSettings) -> None:
     import torch
 
@@ -248,7 +278,7 @@ def _overflow(job: WeightsJob, entry: Entry, src: torch.Tensor, settings: Conver
     finite = src[torch.isfinite(src)]
     peak = float(finite.abs().max()) if finite.numel() else float("nan")
     kind = str(entry.dtype).removeprefix("torch.")
-    where = job.tensors.origin.get(entry.name, job.origin) if job.tensors else job.origin
+    where = job.weights.tensors.origin.get(entry.name, job.origin)
     raise ConvertError(
         f"{where}: tensor {entry.name} has values beyond the {kind} "
         f"range (max |x| = {peak:.6g}); set fp16_overflow: keep_fp32 to keep it in fp32, "

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     import torch
 
 
+# What ComfyUI's "scaled fp8" files add: a `scaled_fp8` marker and per-layer scale tensors that
+# every fp8 weight must be multiplied by.
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+
+
 def checkpoint_components(
     checkpoint: Path, config_root: Path, index: dict[str, Any], dropped: set[str]
 ) -> dict[str, tuple[TensorSet, str]]:
@@ -39,6 +44,7 @@ def checkpoint_components(
     takes them from the config folder when it has their weights.
     """
     state = load_checkpoint_state(checkpoint, checkpoint.name)
+    _refuse_scaled_fp8(state, checkpoint.name)
     out: dict[str, tuple[TensorSet, str]] = {}
     try:
         for comp, spec in sorted(index.items()):
@@ -72,6 +78,18 @@ def checkpoint_components(
     # The converted tensors are views of the checkpoint's maps: keep it open as long as they live.
     next(iter(out.values()))[0].on_close(state.close)
     return out
+
+
+def _refuse_scaled_fp8(state: TensorSet, label: str) -> None:
+    """ComfyUI's "scaled fp8" files need every weight multiplied by its layer's scale: refuse them."""
+    scales = sorted(n for n in state.tensors if n.endswith(SCALE_SUFFIXES))
+    if scales or "scaled_fp8" in state.tensors:
+        state.close()
+        kind = scales[0].rpartition(".")[2] if scales else "scale_weight"
+        raise ConvertError(
+            f"{label}: a scaled fp8 checkpoint (per-layer {kind} tensors) cannot be converted: its "
+            "weights mean nothing without the scales; use the bf16 file, or an unscaled float8_e4m3fn one"
+        )
 
 
 def _is_class_spec(spec: Any) -> bool:

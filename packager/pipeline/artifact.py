@@ -92,6 +92,7 @@ def _convert(
 ) -> Artifact:
     from packager.convert.converter import convert
     from packager.convert.settings import ConvertSettings
+    from packager.convert.shards import parse_size
     from packager.source.fetch import fetch
     from packager.source.lock import record_artifact_id
 
@@ -108,10 +109,12 @@ def _convert(
         drop=tuple(recipe.components.drop),
         scheduler=recipe.scheduler,
         pipeline=recipe.pipeline,
+        precision_overrides=recipe.precision_overrides,
+        shard_size=parse_size(recipe.shard_size),
     )
     staging = out_dir or target_root / f".staging-{lock.fingerprint[:16]}"
     if not quiet:
-        note(f"converting {recipe.name} to {recipe.precision} safetensors …")
+        note(f"converting {recipe.name} to safetensors …")
     manifest = convert(
         fetched.root,
         fetched.files,
@@ -122,6 +125,7 @@ def _convert(
         verify=verify,
         checkpoint=fetched.checkpoint,
         progress=not quiet,
+        notify=None if quiet else note,
     )
     artifact_id = manifest.artifact_id
     record_artifact_id(loaded, lock, artifact_id)

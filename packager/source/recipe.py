@@ -1,7 +1,7 @@
 """Recipes: the declarative YAML a user writes, validated into typed settings.
 
 Validation errors are the first thing a new user sees, so each one is a single line that names the
-file, the line and the field (`recipes/x.yaml:7: precision: must be one of fp16, bf16, fp32 (got
+file, the line and the field (`recipes/x.yaml:7: precision: must be one of auto, fp16, bf16, fp32, fp8 (got
 'half')`). We get line numbers by composing the YAML into nodes (which keep their marks) and
 walking pydantic's error location through them.
 """
@@ -15,7 +15,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from artifact_format.vocab import Mode, Precision
+from artifact_format.vocab import (
+    DEFAULT_SHARD_SIZE,
+    Mode,
+    RecipePrecision,
+    check_precision_overrides,
+    parse_size,
+)
 from packager.errors import RecipeError
 from packager.settings import build_dir
 
@@ -198,7 +204,12 @@ class Deploy(_Strict):
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_RE)
     source: Source
-    precision: Precision = "fp16"
+    precision: RecipePrecision = "auto"
+    # A component's precision, or fnmatch patterns of tensor names within one:
+    # {text_encoder_2: fp32, transformer: {"*norm*": fp32}}.
+    precision_overrides: dict[str, str | dict[str, str]] = Field(default_factory=dict)
+    # Largest weight file (tensor bytes): GB = 10^9, GiB = 2^30, also MB/MiB/KB/KiB.
+    shard_size: str = DEFAULT_SHARD_SIZE
     fp16_overflow: Literal["fail", "keep_fp32"] = "fail"
     pipeline: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     scheduler: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -213,10 +224,30 @@ class Recipe(_Strict):
     # Not part of the YAML: where the recipe was read from (for relative paths and the lock).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("shard_size")
+    @classmethod
+    def _shard_size(cls, value: str) -> str:
+        parse_size(value)  # its ValueError says what a size looks like
+        return value
+
+    @field_validator("precision_overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for comp in value:
+            if not re.match(r"^[A-Za-z0-9_]+$", comp):
+                raise ValueError(f"not a component name: {comp!r}")
+        check_precision_overrides(value)
+        return value
+
     def packing_settings(self) -> dict[str, Any]:
         """The settings that change the artifact's bytes (hashed into the lock's fingerprint)."""
         return {
             "precision": self.precision,
+            "precision_overrides": {
+                k: v if isinstance(v, str) else dict(sorted(v.items()))
+                for k, v in sorted(self.precision_overrides.items())
+            },
+            "shard_size": parse_size(self.shard_size),
             "fp16_overflow": self.fp16_overflow,
             "pipeline": self.pipeline,
             "scheduler": self.scheduler,
