@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from packager import lock as lk
-from packager.fetch import fetch
-from packager.recipe import load_recipe
+from packager.source import drift as lk
+from packager.source.fetch import fetch
+from packager.source.recipe import load_recipe
 from tests.rig import layouts_dit as D
 from tests.rig.fixtures_hub import HUB_TOKEN, run_packager, write_recipe
 
@@ -67,9 +67,8 @@ def test_fetch_takes_the_pipeline_folders_and_nothing_else(hub, hub_layouts, tmp
     assert set(lock.files) == wanted
     for component in SHARDED[repo]:
         shards = [f for f in wanted if f.startswith(f"{component}/") and "-of-" in f]
-        assert len(shards) >= 2 and any(
-            f.endswith(".safetensors.index.json") for f in wanted if component in f
-        )
+        assert len(shards) >= 2
+        assert any(f.endswith(".safetensors.index.json") for f in wanted if component in f)
     # Each needed file once, in full (identical files, such as SD3's two CLIP tokenizers, are one
     # blob to huggingface_hub); not one byte of the root single files or the media.
     sent = hub.files_sent(repo)
@@ -110,7 +109,8 @@ def test_flux_dev_and_schnell_differ_only_in_guidance_embeds(hub_layouts):
     dev, schnell = hub_layouts[D.FLUX_DEV].folder, hub_layouts[D.FLUX_SCHNELL].folder
     dev_config = json.loads((dev / "transformer" / "config.json").read_text())
     schnell_config = json.loads((schnell / "transformer" / "config.json").read_text())
-    assert dev_config.pop("guidance_embeds") is True and schnell_config.pop("guidance_embeds") is False
+    assert dev_config.pop("guidance_embeds") is True
+    assert schnell_config.pop("guidance_embeds") is False
     assert dev_config == schnell_config
     assert json.loads((dev / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
 
@@ -118,10 +118,13 @@ def test_flux_dev_and_schnell_differ_only_in_guidance_embeds(hub_layouts):
 def test_a_gated_repo_needs_hf_token(hub, hub_env, tmp_path):
     recipe = recipe_for(tmp_path, D.SD35_MEDIUM)
     denied = run_packager("lock", str(recipe), env=hub_env)
-    assert denied.returncode == 2 and denied.stderr.count("\n") == 1
-    assert "is gated" in denied.stderr and "HF_TOKEN" in denied.stderr
+    assert denied.returncode == 2
+    assert denied.stderr.count("\n") == 1
+    assert "is gated" in denied.stderr
+    assert "HF_TOKEN" in denied.stderr
     assert not recipe.with_suffix(".lock").exists()
     allowed = run_packager("lock", str(recipe), env={**hub_env, "HF_TOKEN": HUB_TOKEN})
     assert allowed.returncode == 0, allowed.stderr
     text = recipe.with_suffix(".lock").read_text()
-    assert HUB_TOKEN not in text and "text_encoder_3/model.safetensors.index.json" in text
+    assert HUB_TOKEN not in text
+    assert "text_encoder_3/model.safetensors.index.json" in text
