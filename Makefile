@@ -64,6 +64,7 @@ smoke: setup
 
 bench: setup
 	$(PY) bench/convert.py
+	$(PY) bench/flux.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/upload.py
 	$(PY) bench/image.py
