@@ -14,7 +14,8 @@ from packager.source import drift as lk
 from packager.source.fetch import fetch
 from packager.source.recipe import load_recipe
 from tests.rig import layouts_dit as D
-from tests.rig.fixtures_hub import HUB_TOKEN, run_packager, write_recipe
+from tests.rig.cli import run_packager
+from tests.rig.fixtures_hub import HUB_TOKEN, write_recipe
 
 REPOS = {r.repo_id: r for r in D.DIT_REPOS}
 VIDEO = {D.WAN_T2V, D.LTX_VIDEO}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.rig.cli import run_packager
 from tests.rig.models_dit import save_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,15 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def packager(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PACKAGER_BUILD_DIR": str(cwd / "build")}
-    return subprocess.run(
-        [sys.executable, "-m", "packager", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
+    return run_packager(*args, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
