@@ -1,7 +1,7 @@
 """Environment variables the packager reads, each read here and nowhere else.
 
 huggingface_hub, boto3 and the runpod SDK read their own variables (HF_ENDPOINT, HF_HOME,
-AWS_ENDPOINT_URL, AWS_PROFILE, RUNPOD_API_BASE_URL, ...) through their own code: we follow their
+AWS_ENDPOINT_URL, AWS_PROFILE, ...) through their own code: we follow their
 conventions rather than re-reading them, and list them here only where we pass them on.
 """
 
@@ -18,6 +18,12 @@ def hf_token() -> str | None:
 
 def runpod_api_key() -> str | None:
     return os.environ.get("RUNPOD_API_KEY") or None
+
+
+def runpod_api_base_url() -> str:
+    """RunPod's API host, from the runpod SDK's own variable: GraphQL lives at `/graphql` under it,
+    REST v2 at `/v2/...`; tests point it at a local stand-in."""
+    return (os.environ.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
 
 
 def build_dir() -> Path:

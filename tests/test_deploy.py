@@ -1,8 +1,8 @@
-"""`packager deploy` against a local stand-in for RunPod's GraphQL API.
+"""`packager deploy` against a local stand-in for RunPod's REST API v2.
 
 Each test runs the real command in a subprocess with RUNPOD_API_BASE_URL pointing at the stand-in,
-which validates every request against RunPod's schema (unknown or missing fields, wrong types,
-quoted enums are refused) and keeps the templates and endpoints it was asked to save.
+which validates every body against the request schemas of RunPod's published OpenAPI document,
+keeps RunPod's prose rules, answers reads the way RunPod normalises them, and records every request.
 """
 
 from __future__ import annotations
@@ -14,21 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from graphql import parse_value, value_from_ast_untyped
-from hypothesis import given
-from hypothesis import strategies as st
 
-from packager.deploy import runpod_api as gql
+from packager.deploy.runpod_api import Call, RunPodREST
 from packager.errors import DeployError
 from packager.image import naming
-from packager.source.recipe import load_recipe
 from tests.rig.cli import run_packager
 from tests.rig.runpod_api import RunPodStandIn
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_A = "a1" * 32
 ARTIFACT_B = "b2" * 32
-# Planted in the environment of every run: none may reach the API, stdout or stderr.
+SERVERLESS = "/v2/serverless"
+# Planted in the environment of every run: none may reach the API, stdout, stderr or the state file.
 PLANTED = {
     "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY000001",
     "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-value-do-not-send",
@@ -48,42 +44,47 @@ deploy:
   workers_min: 0
   workers_max: 2
   idle_timeout: 7
-  flashboot: true
-  scaler_type: REQUEST_COUNT
+  flashboot: priority
   scaler_value: 2
   execution_timeout_ms: 120000
   container_disk_gb: 15
-  allowed_cuda_versions: ["12.8", "12.9"]
   registry_auth_id: regauth123
   env: {PULL_TIMEOUT_S: "90"}
   secrets:
     AWS_ACCESS_KEY_ID: store_key_id
     AWS_SECRET_ACCESS_KEY: store_secret
     BUCKET_SECRET_ACCESS_KEY: bucket_secret
-{extra}"""
+"""
 
 
-def write_recipe(folder: Path, extra: str = "", body: str = RECIPE) -> Path:
+def write_recipe(folder: Path, body: str = RECIPE) -> Path:
     path = folder / "tiny.yaml"
-    path.write_text(body.replace("{extra}", extra))
+    path.write_text(body)
     return path
 
 
-def run_deploy(
-    recipe: Path, api: RunPodStandIn | None, *args: str, key: str | None = "standin", home: Path
+def run_command(
+    command: str, recipe: Path, api: RunPodStandIn | None, *args: str, key: str | None = "standin"
 ) -> subprocess.CompletedProcess[str]:
+    """`packager COMMAND RECIPE ARGS` with only the planted secrets and the stand-in in its env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "AWS_", "BUCKET_", "HF_"))}
     env.update(PLANTED)
-    env["HOME"] = str(home)  # no ~/.runpod credentials from the machine running the tests
+    env["HOME"] = str(recipe.parent)  # no ~/.runpod credentials from the machine running the tests
     if api is not None:
         env["RUNPOD_API_BASE_URL"] = api.url
         if key is not None:
             env["RUNPOD_API_KEY"] = api.api_key if key == "standin" else key
-    return run_packager("deploy", str(recipe), *args, env=env, timeout=120)
+    return run_packager(command, str(recipe), *args, env=env, timeout=120)
 
 
-def deploy_json(recipe: Path, api: RunPodStandIn, *args: str, home: Path) -> dict[str, Any]:
-    result = run_deploy(recipe, api, "--json", *args, home=home)
+def run_deploy(
+    recipe: Path, api: RunPodStandIn | None, *args: str, key: str | None = "standin"
+) -> subprocess.CompletedProcess[str]:
+    return run_command("deploy", recipe, api, *args, key=key)
+
+
+def deploy_json(recipe: Path, api: RunPodStandIn, *args: str) -> dict[str, Any]:
+    result = run_deploy(recipe, api, "--json", *args)
     assert result.returncode == 0, result.stderr
     assert_no_secrets(result.stdout + result.stderr)
     return json.loads(result.stdout)
@@ -94,8 +95,11 @@ def assert_no_secrets(text: str) -> None:
         assert value not in text
 
 
-def env_of(template: dict[str, Any]) -> dict[str, str]:
-    return {e["key"]: e["value"] for e in template["env"]}
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
 
 
 @pytest.fixture
@@ -103,281 +107,395 @@ def recipe(tmp_path: Path) -> Path:
     return write_recipe(tmp_path)
 
 
-def test_first_deploy_creates_the_template_and_endpoint_the_recipe_describes(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
+def test_first_deploy_creates_the_endpoint_the_recipe_describes_in_one_post(
+    runpod_api: RunPodStandIn, recipe: Path
 ) -> None:
-    out = deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A, home=tmp_path)
+    out = deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A)
 
-    assert (out["template"]["action"], out["endpoint"]["action"]) == ("created", "created")
-    assert runpod_api.mutations() == ["saveTemplate", "saveEndpoint"]
-    assert all(r.status == 200 and not r.errors for r in runpod_api.requests)
-    # The SDK's GraphQL helper is the transport: its user agent and its bearer auth.
-    assert all(r.headers["User-Agent"].startswith("RunPod-Python-SDK/") for r in runpod_api.requests)
+    assert out["endpoint"]["action"] == "created" and out["template"] is None
+    assert runpod_api.writes() == [("POST", SERVERLESS)]
+    assert [r.status for r in runpod_api.requests] == [200, 201]
     assert all(r.headers["Authorization"] == f"Bearer {runpod_api.api_key}" for r in runpod_api.requests)
 
-    (template,) = runpod_api.templates.values()
-    image = naming.image_tag("registry.example.com/team/sd", "tiny", ARTIFACT_A, "volume")
-    assert out["image"] == template["imageName"] == image
-    assert template["id"] == out["template"]["id"]
-    assert template["name"] == "tiny-volume-template"
-    assert (template["isServerless"], template["volumeInGb"], template["containerDiskInGb"]) == (True, 0, 15)
-    assert template["containerRegistryAuthId"] == "regauth123"
-    assert template["volumeMountPath"] == "/runpod-volume"
-    env = env_of(template)
+    (endpoint,) = runpod_api.endpoints.values()
+    assert endpoint["id"] == out["endpoint"]["id"] and endpoint["name"] == "tiny-volume"
+    assert endpoint["type"] == "QUEUE"
+    assert (
+        out["image"]
+        == endpoint["image"]
+        == naming.image_tag("registry.example.com/team/sd", "tiny", ARTIFACT_A, "volume")
+    )
+    assert (endpoint["disk"], endpoint["registry"]) == (15, "regauth123")
+    # CUDA as a floor, from the default base image (pytorch ...-cuda12.8-...): 12.8 and every newer.
+    assert endpoint["gpu"] == {
+        "pools": ["AMPERE_24", "ADA_24"],
+        "count": 1,
+        "minCudaVersion": "12.8",
+        "allowedCudaVersions": [],
+    }
+    # Every setting sent explicitly, none left to RunPod's defaults (idle 10 s, flashboot OFF, ...).
+    assert endpoint["workers"] == {"min": 0, "max": 2, "idleTimeout": 7}
+    assert endpoint["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 2}
+    assert endpoint["flashboot"] == "PRIORITY_FLASHBOOT"
+    assert endpoint["timeout"] == 120_000
+    assert (endpoint["networkVolumes"], endpoint["dataCenterIds"]) == (["vol123abc"], ["EU-RO-1"])
+    env = endpoint["env"]
     assert env["MODEL_DIR"] == f"/runpod-volume/models/tiny/{ARTIFACT_A}"
     assert env["ARTIFACT_URI"] == f"s3://models-bucket/store/tiny/{ARTIFACT_A}"
-    assert env["HF_HUB_OFFLINE"] == "1"
-    assert env["PULL_TIMEOUT_S"] == "90"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PULL_TIMEOUT_S"] == "90"
     assert json.loads(env["WORKER_CONFIG"])["defaults"]["num_inference_steps"] == 4
     assert env["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"
-    assert env["AWS_ACCESS_KEY_ID"] == "{{ RUNPOD_SECRET_store_key_id }}"
     assert env["BUCKET_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_bucket_secret }}"
-
-    (endpoint,) = runpod_api.endpoints.values()
-    assert endpoint["id"] == out["endpoint"]["id"]
-    assert endpoint["name"] == "tiny-volume"
-    assert endpoint["templateId"] == template["id"]
-    assert endpoint["gpuIds"] == "AMPERE_24,ADA_24"
-    assert endpoint["networkVolumeId"] == "vol123abc"
-    assert endpoint["locations"] == "EU-RO-1"  # the volume's datacenter
-    assert endpoint["flashBootType"] == "FLASHBOOT"
-    assert endpoint["executionTimeoutMs"] == 120_000
-    assert endpoint["allowedCudaVersions"] == "12.8,12.9"
-    assert (endpoint["workersMin"], endpoint["workersMax"], endpoint["idleTimeout"]) == (0, 2, 7)
-    assert (endpoint["scalerType"], endpoint["scalerValue"]) == ("REQUEST_COUNT", 2)
-    assert out["url"].endswith(f"/{endpoint['id']}/runsync")
+    assert out["url"] == f"https://api.runpod.ai/v2/{endpoint['id']}/runsync"
 
 
-def test_a_second_identical_deploy_sends_no_mutation(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
-) -> None:
-    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
-    before = len(runpod_api.mutations())
+def test_an_unchanged_recipe_sends_zero_writes(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    runpod_api.requests.clear()
 
-    again = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
+    again = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
     assert again.returncode == 0, again.stderr
-    assert len(runpod_api.mutations()) == before == 2
-    assert "nothing to change" in again.stdout
-    assert again.stdout.count("unchanged") == 2
-    assert first["template"]["id"] in again.stdout
-    assert first["endpoint"]["id"] in again.stdout
+    assert runpod_api.writes() == []
+    # The id stored after the first deploy: one read of that endpoint, no list.
+    assert [(r.method, r.path) for r in runpod_api.requests] == [
+        ("GET", f"{SERVERLESS}/{first['endpoint']['id']}")
+    ]
+    assert "unchanged" in again.stdout and "nothing to change" in again.stdout
 
 
-def test_a_new_image_updates_the_template_in_place_and_the_endpoint_keeps_it(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
+def test_a_new_image_is_one_patch_of_the_image(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+
+    second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B)
+
+    endpoint_id = first["endpoint"]["id"]
+    assert second["endpoint"] == {**first["endpoint"], "action": "updated", "changed": ["image"]}
+    assert runpod_api.writes() == [("POST", SERVERLESS), ("PATCH", f"{SERVERLESS}/{endpoint_id}")]
+    new_image = naming.image_tag("registry.example.com/team/sd", "tiny", ARTIFACT_B, "baked")
+    assert runpod_api.bodies("PATCH") == [{"image": new_image}]
+    assert runpod_api.endpoints[endpoint_id]["image"] == new_image
+    assert runpod_api.endpoints[endpoint_id]["flashboot"] == "PRIORITY_FLASHBOOT"  # PATCH left it
+
+
+def test_a_new_artifact_in_volume_mode_patches_image_and_env_together(
+    runpod_api: RunPodStandIn, recipe: Path
 ) -> None:
-    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
+    deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A)
 
-    second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B, home=tmp_path)
+    second = deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_B)
 
-    assert second["template"]["action"] == "updated"
-    assert second["template"]["id"] == first["template"]["id"]
-    assert "imageName" in second["template"]["changed"]
-    assert second["endpoint"] == {**first["endpoint"], "action": "unchanged"}
-    assert runpod_api.mutations() == ["saveTemplate", "saveEndpoint", "saveTemplate"]
-    (template,) = runpod_api.templates.values()
-    assert template["imageName"] == naming.image_tag(
-        "registry.example.com/team/sd", "tiny", ARTIFACT_B, "baked"
+    assert second["endpoint"]["changed"] == ["image", "env"] and second["writes"] == 1
+    (patch,) = runpod_api.bodies("PATCH")
+    assert set(patch) == {"image", "env"}
+    assert patch["env"]["MODEL_DIR"].endswith(ARTIFACT_B)
+    assert patch["env"]["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"  # env goes whole
+
+
+def test_a_setting_change_patches_only_that_setting(runpod_api: RunPodStandIn, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    write_recipe(
+        tmp_path, RECIPE.replace("workers_max: 2", "workers_max: 5").replace("ADA_24\n", "HOPPER_141\n")
     )
-    (endpoint,) = runpod_api.endpoints.values()
-    assert endpoint["templateId"] == template["id"]
 
-    # --image overrides the tag and is again an in-place update.
-    third = deploy_json(
-        recipe, runpod_api, "--artifact-id", ARTIFACT_B, "--image", "ghcr.io/me/w:v2", home=tmp_path
-    )
-    assert (third["template"]["id"], third["template"]["changed"]) == (first["template"]["id"], ["imageName"])
-    assert runpod_api.templates[first["template"]["id"]]["imageName"] == "ghcr.io/me/w:v2"
+    second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
-
-def test_an_endpoint_setting_change_resends_the_whole_endpoint(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
-) -> None:
-    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
-    write_recipe(tmp_path, body=RECIPE.replace("workers_max: 2", "workers_max: 5"))
-
-    second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
-
-    assert second["template"]["action"] == "unchanged"
-    assert (second["endpoint"]["action"], second["endpoint"]["changed"]) == ("updated", ["workersMax"])
-    assert second["endpoint"]["id"] == first["endpoint"]["id"]
-    (endpoint,) = runpod_api.endpoints.values()
-    # saveEndpoint replaces the whole endpoint: a partial input would have reset these to defaults.
-    assert endpoint["workersMax"] == 5
-    assert (endpoint["flashBootType"], endpoint["executionTimeoutMs"], endpoint["idleTimeout"]) == (
-        "FLASHBOOT",
+    assert (second["endpoint"]["action"], second["endpoint"]["changed"]) == ("updated", ["gpu", "workers"])
+    (patch,) = runpod_api.bodies("PATCH")
+    assert patch == {
+        "gpu": {
+            "pools": ["AMPERE_24", "HOPPER_141"],
+            "count": 1,
+            "minCudaVersion": "12.8",
+            "allowedCudaVersions": [],
+        },
+        "workers": {"min": 0, "max": 5, "idleTimeout": 7},
+    }
+    endpoint = runpod_api.endpoints[first["endpoint"]["id"]]
+    assert (endpoint["timeout"], endpoint["flashboot"], endpoint["disk"]) == (
         120_000,
-        7,
+        "PRIORITY_FLASHBOOT",
+        15,
     )
 
 
-def test_secrets_reach_runpod_only_as_references(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
+def test_an_explicit_cuda_list_replaces_the_floor_and_clears_it(
+    runpod_api: RunPodStandIn, tmp_path: Path
 ) -> None:
+    recipe = write_recipe(tmp_path)
+    deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    write_recipe(tmp_path, RECIPE + '  allowed_cuda_versions: ["12.8", "13.0"]\n')
+
+    deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+
+    (patch,) = runpod_api.bodies("PATCH")
+    assert patch["gpu"]["allowedCudaVersions"] == ["12.8", "13.0"] and patch["gpu"]["minCudaVersion"] == ""
+    (endpoint,) = runpod_api.endpoints.values()
+    assert (endpoint["gpu"]["allowedCudaVersions"], endpoint["gpu"]["minCudaVersion"]) == (
+        ["12.8", "13.0"],
+        None,
+    )
+
+
+def test_an_endpoint_made_elsewhere_is_found_by_name_among_many_and_matched_tolerantly(
+    runpod_api: RunPodStandIn, recipe: Path
+) -> None:
+    for i in range(450):
+        runpod_api.add_endpoint(name=f"other-{i:03d}", image="x:1", gpu={"pools": ["AMPERE_16"]})
+    plan = json.loads(run_deploy(recipe, None, "--artifact-id", ARTIFACT_A, "--dry-run", "--json").stdout)
+    body = plan["requests"][1]["body"]
+    # The same settings in another order, with RunPod's defaults where the recipe sends empties.
+    same = {
+        **body,
+        "env": dict(reversed(list(body["env"].items()))),
+        "gpu": {**body["gpu"], "pools": list(reversed(body["gpu"]["pools"]))},
+    }
+    for key in ("ports", "args", "dataCenterIds", "networkVolumes"):
+        same.pop(key)
+    made = runpod_api.add_endpoint(**same)
+    runpod_api.requests.clear()
+
+    out = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+
+    assert out["endpoint"] == {"name": "tiny-baked", "id": made["id"], "action": "unchanged", "changed": []}
+    assert runpod_api.writes() == [] and len(runpod_api.endpoints) == 451
+    # Remembered: the next run reads it by id.
+    runpod_api.requests.clear()
+    deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    assert [r.path for r in runpod_api.requests] == [f"{SERVERLESS}/{made['id']}"]
+
+
+def test_the_state_file_holds_ids_only_and_a_stale_id_falls_back_to_the_name(
+    runpod_api: RunPodStandIn, recipe: Path
+) -> None:
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    state_file = recipe.with_suffix(".deploy.json")
+    text = state_file.read_text()
+    assert first["endpoint"]["id"] in text and "RUNPOD_SECRET" not in text and runpod_api.api_key not in text
+    assert_no_secrets(text)
+    del runpod_api.endpoints[first["endpoint"]["id"]]  # deleted in the console
+
+    again = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+
+    assert again["endpoint"]["action"] == "created" and again["endpoint"]["id"] != first["endpoint"]["id"]
+    assert again["endpoint"]["id"] in state_file.read_text()
+
+
+def test_secrets_reach_runpod_only_as_references(runpod_api: RunPodStandIn, recipe: Path) -> None:
     for args in (["--mode", "volume"], ["--mode", "baked"], ["--dry-run"], ["--dry-run", "--json"]):
-        result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, *args, home=tmp_path)
+        result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, *args)
         assert result.returncode == 0, result.stderr
         assert_no_secrets(result.stdout + result.stderr)
     traffic = runpod_api.raw_traffic()
     assert "RUNPOD_SECRET_store_secret" in traffic
     assert_no_secrets(traffic)
-    assert_no_secrets(json.dumps([*runpod_api.templates.values(), *runpod_api.endpoints.values()]))
+    assert_no_secrets(json.dumps(list(runpod_api.endpoints.values())))
 
 
-def test_dry_run_sends_nothing_and_needs_no_key(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
-) -> None:
-    result = run_deploy(
-        recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", "--json", key=None, home=tmp_path
-    )
+def test_dry_run_prints_the_exact_requests_and_sends_nothing(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", "--json", key=None)
 
     assert result.returncode == 0, result.stderr
     assert runpod_api.requests == []
     plan = json.loads(result.stdout)
-    assert plan["dry_run"] is True
-    assert [r["mutation"] for r in plan["requests"]] == ["saveTemplate", "saveEndpoint"]
-    template_env = {e["key"]: e["value"] for e in plan["requests"][0]["input"]["env"]}
-    assert template_env["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"
-    assert "flashBootType: FLASHBOOT" in plan["requests"][1]["document"]
+    assert [(r["method"], r["url"]) for r in plan["requests"]] == [
+        ("GET", runpod_api.url + SERVERLESS),
+        ("POST", runpod_api.url + SERVERLESS),
+        ("PATCH", runpod_api.url + SERVERLESS + "/{id}"),
+    ]
+    body = plan["requests"][1]["body"]
+    assert body["env"]["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"
+    assert plan["requests"][1]["headers"]["Authorization"] == "Bearer $RUNPOD_API_KEY"
 
-    text = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", key=None, home=tmp_path)
-    assert text.returncode == 0
-    assert "mutation { saveTemplate(input:" in text.stdout
-    assert runpod_api.requests == []
+    # What the dry run shows is what deploy sends.
+    deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    assert runpod_api.bodies("POST") == [body]
 
-
-def test_missing_api_key_is_one_line_and_exit_2(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
-) -> None:
-    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=None, home=tmp_path)
-
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1
-    assert "RUNPOD_API_KEY" in result.stderr
-    assert result.stdout == ""
-    assert runpod_api.requests == []
+    text = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", key=None)
+    assert text.returncode == 0 and f"POST {runpod_api.url}{SERVERLESS}\n" in text.stdout
+    assert '"flashboot": "PRIORITY_FLASHBOOT"' in text.stdout
 
 
-def test_a_rejected_key_is_one_line(runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path) -> None:
-    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key="rp_wrong_key", home=tmp_path)
+def test_dry_run_with_a_key_reads_and_prints_the_exact_patch(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    state_before = recipe.with_suffix(".deploy.json").read_text()
+    runpod_api.requests.clear()
 
-    assert result.returncode == 2
-    assert result.stderr.startswith("packager: error: RUNPOD_API_KEY was rejected")
-    assert result.stderr.count("\n") == 1
-    assert [r.status for r in runpod_api.requests] == [401]
-    assert runpod_api.templates == {}
+    plan = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B, "--dry-run")
 
-
-def test_a_graphql_error_is_reported_as_its_message(runpod_api: RunPodStandIn, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, body=RECIPE.replace("id: vol123abc", "id: volunknown"))
-
-    result = run_deploy(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A, home=tmp_path)
-
-    assert result.returncode == 2
-    assert result.stderr == "packager: error: RunPod API: Network volume volunknown not found\n"
-    assert runpod_api.endpoints == {}
-
-
-def test_two_endpoints_with_the_managed_name_are_refused(
-    runpod_api: RunPodStandIn, recipe: Path, tmp_path: Path
-) -> None:
-    template = runpod_api.add_template(
-        name="elsewhere", imageName="x:1", isServerless=True, containerDiskInGb=5, volumeInGb=0
+    assert runpod_api.writes() == [] and plan["dry_run"] is True
+    new_image = naming.image_tag("registry.example.com/team/sd", "tiny", ARTIFACT_B, "baked")
+    (patch,) = plan["requests"]
+    assert (patch["method"], patch["url"], patch["body"]) == (
+        "PATCH",
+        f"{runpod_api.url}{SERVERLESS}/{first['endpoint']['id']}",
+        {"image": new_image},
     )
-    one = runpod_api.add_endpoint(name="tiny-baked", templateId=template["id"], gpuIds="AMPERE_24")
-    two = runpod_api.add_endpoint(name="tiny-baked", templateId=template["id"], gpuIds="AMPERE_24")
+    assert recipe.with_suffix(".deploy.json").read_text() == state_before
+    unchanged = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run")
+    assert "nothing to change: deploy would send no write" in unchanged.stdout
 
-    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, home=tmp_path)
 
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1
-    assert one["id"] in result.stderr
-    assert two["id"] in result.stderr
-    assert "deploy.endpoint_name" in result.stderr
-    (template_after,) = [t for t in runpod_api.templates.values() if t["name"] == "tiny-baked-template"]
-    assert runpod_api.endpoints[one["id"]]["templateId"] == template["id"]  # nothing repointed
-    assert template_after["imageName"].endswith("-baked")
+def test_a_named_template_is_kept_in_step_beside_the_endpoint(
+    runpod_api: RunPodStandIn, tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path, RECIPE.replace("deploy:\n", "deploy:\n  template_name: tiny-worker\n"))
+    first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B)
+
+    assert first["template"]["action"] == "created" and second["template"]["changed"] == ["image"]
+    (template,) = runpod_api.templates.values()
+    assert (template["serverless"], template["startSsh"], template["startJupyter"]) == (True, False, False)
+    assert template["image"] == runpod_api.endpoints[first["endpoint"]["id"]]["image"]
+    assert runpod_api.writes() == [
+        ("POST", "/v2/templates"),
+        ("POST", SERVERLESS),
+        ("PATCH", f"/v2/templates/{template['id']}"),
+        ("PATCH", f"{SERVERLESS}/{first['endpoint']['id']}"),
+    ]
+
+
+def test_missing_api_key_is_one_line(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=None)
+
+    assert "RUNPOD_API_KEY" in one_line_error(result)
+    assert result.stdout == "" and runpod_api.requests == []
 
 
 @pytest.mark.parametrize(
-    ("volume", "extra", "expect"),
+    ("which", "expect"),
     [
-        ("", "", "volume.id: volume mode needs"),
-        ("vol123abc", "  env: {HF_TOKEN: x}\n", "deploy.env.HF_TOKEN: holds a credential"),
-        ("vol123abc", "  env: {MODEL_DIR: /elsewhere}\n", "deploy.env.MODEL_DIR: set by the packager"),
-        (
-            "vol123abc",
-            "  secrets: {AWS_SECRET_ACCESS_KEY: 'bad name!'}\n",
-            "deploy.secrets.AWS_SECRET_ACCESS_KEY",
-        ),
-        ("vol123abc", "  execution_timeout_ms: 2000\n", "deploy.execution_timeout_ms"),
+        ("wrong", "RUNPOD_API_KEY was rejected by the RunPod API (401)"),
+        ("null", "RunPod does not know this RUNPOD_API_KEY's account"),
+        ("html", "was refused (403) by an HTML page, not by the API"),
     ],
 )
-def test_undeployable_recipes_fail_before_any_request(
-    runpod_api: RunPodStandIn, tmp_path: Path, volume: str, extra: str, expect: str
+def test_each_auth_failure_is_one_clear_line(
+    runpod_api: RunPodStandIn, recipe: Path, which: str, expect: str
 ) -> None:
-    volume_line = f"volume: {{id: {volume}}}\n" if volume else ""
-    body = f"name: tiny\nsource: {{path: ./model}}\n{volume_line}deploy:\n  gpu_ids: AMPERE_24\n{extra}"
-    recipe = write_recipe(tmp_path, body=body)
+    key = {"wrong": "rp_wrong_key", "null": runpod_api.null_key, "html": runpod_api.html_key}[which]
 
-    result = run_deploy(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A, home=tmp_path)
+    result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=key)
 
-    assert result.returncode == 2, result.stdout
-    assert result.stderr.count("\n") == 1
-    assert expect in result.stderr
-    assert runpod_api.requests == []
+    assert expect in one_line_error(result)
+    assert runpod_api.writes() == [] and runpod_api.endpoints == {}
 
 
-def test_the_stand_in_refuses_what_runpod_refuses(
-    runpod_api: RunPodStandIn, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The other tests mean something only if the rig is strict: check it, through our own client."""
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", runpod_api.url)
-    key = runpod_api.api_key
-    tpl = {
-        "name": "t",
-        "imageName": "i:1",
-        "dockerArgs": "",
-        "containerDiskInGb": 5,
-        "volumeInGb": 0,
-        "env": [],
-    }
-    with pytest.raises(DeployError, match="unknown field 'bogus'"):
-        gql.run(gql.mutation("saveTemplate", {**tpl, "bogus": 1}, "id"), key)
-    with pytest.raises(DeployError, match="required field 'imageName'"):
-        gql.run(gql.mutation("saveTemplate", {k: v for k, v in tpl.items() if k != "imageName"}, "id"), key)
-    with pytest.raises(DeployError, match="Int cannot represent non-integer value"):
-        gql.run(gql.mutation("saveTemplate", {**tpl, "containerDiskInGb": "5"}, "id"), key)
-    with pytest.raises(DeployError, match="volumeInGb must be 0"):
-        gql.run(gql.mutation("saveTemplate", {**tpl, "isServerless": True, "volumeInGb": 5}, "id"), key)
-    saved = gql.run(gql.mutation("saveTemplate", {**tpl, "isServerless": True}, "id"), key)
-    ep = {"name": "e", "templateId": saved["saveTemplate"]["id"], "gpuIds": "AMPERE_24"}
-    with pytest.raises(DeployError, match="non-enum value"):
-        gql.run(gql.mutation("saveEndpoint", {**ep, "flashBootType": "FLASHBOOT"}, "id"), key)
-    with pytest.raises(DeployError, match="Template name must be unique"):
-        gql.run(gql.mutation("saveTemplate", {**tpl, "isServerless": True}, "id"), key)
-    with pytest.raises(DeployError, match="RUNPOD_API_KEY was rejected"):
-        gql.run(gql.STATE_QUERY, "rp_not_the_key")
-    made = gql.run(gql.mutation("saveEndpoint", {**ep, "flashBootType": gql.Enum("OFF")}, "id"), key)
-    assert made["saveEndpoint"]["id"] in runpod_api.endpoints
+def test_an_api_refusal_is_reported_as_its_problem_detail(runpod_api: RunPodStandIn, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE.replace("id: vol123abc", "id: volunknown"))
 
+    result = run_deploy(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A)
 
-@given(st.text())
-def test_any_string_survives_as_a_graphql_literal(text: str) -> None:
-    value = value_from_ast_untyped(parse_value(gql.literal({"key": "K", "value": text})))
-    assert value == {"key": "K", "value": text}
-
-
-def test_cuda_versions_follow_the_base_image_when_the_recipe_names_none(tmp_path: Path) -> None:
-    from packager.deploy.deploy import allowed_cuda_versions
-
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: x\nsource: {path: m}\nimage: {base: 'python:3.11-slim'}\n")
-    assert allowed_cuda_versions(load_recipe(recipe)) == ()
-    recipe.write_text("name: x\nsource: {path: m}\nimage: {base: 'nvidia/cuda:12.8.1-cudnn-runtime'}\n")
-    assert allowed_cuda_versions(load_recipe(recipe)) == ("12.8", "12.9")
-    recipe.write_text(
-        "name: x\nsource: {path: m}\nimage: {base: 'pytorch/pytorch:2.9.1-cuda12.6-cudnn9-runtime'}\n"
+    assert one_line_error(result) == (
+        "packager: error: RunPod API: POST /v2/serverless: 400 Bad Request: "
+        "network volume volunknown not found\n"
     )
-    assert allowed_cuda_versions(load_recipe(recipe)) == ("12.6", "12.7", "12.8", "12.9")
+    assert runpod_api.endpoints == {}
+
+
+def test_two_endpoints_with_the_managed_name_are_refused(runpod_api: RunPodStandIn, recipe: Path) -> None:
+    one = runpod_api.add_endpoint(name="tiny-baked", image="x:1", gpu={"pools": ["AMPERE_24"]})
+    two = runpod_api.add_endpoint(name="tiny-baked", image="x:1", gpu={"pools": ["AMPERE_24"]})
+
+    error = one_line_error(run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A))
+
+    assert one["id"] in error and two["id"] in error and "deploy.endpoint_name" in error
+    assert runpod_api.writes() == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ("  idle_timeout: 3601\n", "deploy.idle_timeout"),
+        ("  idle_timeout: 0\n", "deploy.idle_timeout"),
+        ("  endpoint_name: ab\n", "deploy.endpoint_name: RunPod names are 3 to 191 characters"),
+        ("  gpu_ids: NVIDIA A40\n", "deploy.gpu_ids: 'NVIDIA A40' is not a RunPod GPU pool id"),
+        (
+            "  allowed_cuda_versions: ['12.10']\n",
+            "deploy.allowed_cuda_versions.0: '12.10' is not a CUDA version",
+        ),
+        ("  min_cuda_version: '12.10'\n", "deploy.min_cuda_version: '12.10' is not a CUDA version"),
+        ("  min_cuda_version: '12.8'\n  allowed_cuda_versions: ['12.8']\n", "deploy.min_cuda_version"),
+        ("  execution_timeout_ms: 2000\n", "deploy.execution_timeout_ms"),
+        ("  execution_timeout_ms: 86400000\n", "deploy.execution_timeout_ms: at or past RunPod's job TTL"),
+        ("  scaler_type: REQUEST_COUNT\n  idle_timeout: 30\n", "deploy.idle_timeout: RunPod refuses"),
+        ("  scaler_type: QUEUE_DELAY\n  scaler_value: 0\n", "deploy.scaler_value"),
+        ("  flashboot: fast\n", "deploy.flashboot"),
+    ],
+)
+def test_validate_checks_every_limit_runpod_enforces(tmp_path: Path, extra: str, expect: str) -> None:
+    base = "name: tiny\nsource: {path: ./model}\ndeploy:\n"
+    recipe = write_recipe(tmp_path, base + extra)
+
+    result = run_command("validate", recipe, None)
+
+    assert expect in one_line_error(result)
+
+
+def test_validate_accepts_current_pools_and_the_new_defaults(tmp_path: Path) -> None:
+    body = (
+        "name: tiny\nsource: {path: ./model}\ndeploy:\n"
+        "  gpu_ids: HOPPER_141,ADA_32_PRO,BLACKWELL_96,BLACKWELL_180\n  min_cuda_version: '13.0'\n"
+    )
+    result = run_command("validate", write_recipe(tmp_path, body), None, "--json")
+
+    assert result.returncode == 0, result.stderr
+    deploy = json.loads(result.stdout)["deploy"]
+    assert deploy["idle_timeout"] == 60 and deploy["execution_timeout_ms"] == 300_000
+    assert deploy["flashboot"] is True and deploy["min_cuda_version"] == "13.0"
+
+
+def test_request_count_scaling_sends_no_idle_timeout(runpod_api: RunPodStandIn, tmp_path: Path) -> None:
+    body = RECIPE.replace("  idle_timeout: 7\n", "  scaler_type: REQUEST_COUNT\n")
+    recipe = write_recipe(tmp_path, body)
+
+    deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+    again = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
+
+    (sent,) = runpod_api.bodies("POST")
+    assert sent["workers"] == {"min": 0, "max": 2}
+    assert sent["scaling"] == {"type": "REQUEST_COUNT", "requestCount": 2}
+    assert again["endpoint"]["action"] == "unchanged"
+
+
+def test_the_stand_in_refuses_what_runpod_refuses(runpod_api: RunPodStandIn) -> None:
+    """The other tests mean something only if the rig is strict: check it through our own client."""
+    client = RunPodREST(runpod_api.api_key, runpod_api.url)
+    body = {
+        "name": "e",
+        "type": "QUEUE",
+        "image": "i:1",
+        "gpu": {"pools": ["ADA_24"]},
+        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+    }
+
+    def refused(payload: dict[str, Any], match: str, method: str = "POST", path: str = SERVERLESS) -> None:
+        with pytest.raises(DeployError, match=match):
+            client.one(Call(method, path, payload))  # type: ignore[arg-type]
+
+    refused({**body, "bogus": 1}, r"422 .*'bogus' was unexpected")
+    refused({k: v for k, v in body.items() if k != "type"}, r"'type' is a required property")
+    refused({k: v for k, v in body.items() if k != "image"}, r"'image' is a required property")
+    refused({**body, "flashboot": True}, r"True is not of type 'string'")
+    refused({**body, "flashboot": "ON"}, r"'ON' is not one of")
+    refused({**body, "timeout": "300000"}, r"'300000' is not of type 'integer'")
+    refused({**body, "workers": {"idleTimeout": 3601}}, r"3601 is greater than the maximum of 3600")
+    refused({**body, "gpu": {"pools": ["NVIDIA A40"]}}, r"400 .*not a serverless GPU pool")
+    refused(
+        {**body, "gpu": {"pools": ["ADA_24"], "minCudaVersion": "12.8", "allowedCudaVersions": ["12.8"]}},
+        "mutually",
+    )
+    refused({**body, "cpu": [{"id": "cpu3c", "vcpuCount": 2}]}, r"exactly one of gpu or cpu")
+    counting = {**body, "scaling": {"type": "REQUEST_COUNT", "requestCount": 1}}
+    refused({**counting, "workers": {"idleTimeout": 5}}, r"idleTimeout does not apply")
+    made = client.one(Call("POST", SERVERLESS, {**body, "flashboot": "PRIORITY_FLASHBOOT"}))
+    assert made is not None and made["flashboot"] == "PRIORITY_FLASHBOOT"
+    refused({"type": "LOAD_BALANCER"}, r"'type' was unexpected", "PATCH", f"{SERVERLESS}/{made['id']}")
+    refused(
+        {"gpu": {"excludedTypes": ["NVIDIA L4"]}},
+        r"'pools' is a dependency",
+        "PATCH",
+        f"{SERVERLESS}/{made['id']}",
+    )
+    assert client.one(Call("GET", f"{SERVERLESS}/nothere"), missing_ok=True) is None

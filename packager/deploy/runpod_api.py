@@ -1,114 +1,138 @@
-"""RunPod's GraphQL API, spoken through the runpod SDK's own helper.
+"""RunPod's REST API v2 (`https://api.runpod.io/v2`): serverless endpoints and templates.
 
-`runpod.api.graphql.run_graphql_query` takes a finished query string (no variables), so every value
-goes into the document as a GraphQL literal. The SDK's `create_template`/`create_endpoint` build
-those strings by pasting values between quotes unescaped, cannot update an existing object, and
-leave out fields we need (execution timeout, registry auth on endpoints); so we write the documents
-here, escape every value, and keep only the transport (URL from `RUNPOD_API_BASE_URL`, bearer
-auth, error handling) to the SDK.
+Plain `requests` with bearer auth: the runpod SDK (1.12) speaks only GraphQL for these resources and
+costs about 2 s to import. Every request is a `Call` value first, so `deploy --dry-run` prints exactly
+what deploy would put on the wire. Every failure becomes one DeployError line: RunPod answers errors
+as RFC 9457 problems (`title`, `status`, `detail`, `errors`), but a key can also be refused by
+something in front of the API (a 403 HTML page) or be one the API does not know (200 with nulls).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from packager.errors import DeployError
 
-_NAME_RE = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
-
-# The fields we read back and compare; the same names the mutations set.
-TEMPLATE_FIELDS = (
-    "id name imageName dockerArgs containerDiskInGb volumeInGb volumeMountPath ports "
-    "env { key value } isServerless containerRegistryAuthId"
-)
-ENDPOINT_FIELDS = (
-    "id name templateId gpuIds gpuCount networkVolumeId locations idleTimeout scalerType scalerValue "
-    "workersMin workersMax executionTimeoutMs allowedCudaVersions flashBootType"
-)
-STATE_QUERY = (
-    f"query {{ myself {{ podTemplates {{ {TEMPLATE_FIELDS} }} endpoints {{ {ENDPOINT_FIELDS} }} }} }}"
-)
+Method = Literal["GET", "POST", "PATCH"]
+ENDPOINTS = "/v2/serverless"
+TEMPLATES = "/v2/templates"
+# A create or update is answered within seconds; a proxy that holds the connection longer is broken.
+TIMEOUT_S = 60
+_REJECTED = "RUNPOD_API_KEY was rejected by the RunPod API (401): check the key (Settings → API Keys)"
 
 
-class Enum(str):
-    """A GraphQL enum value (`FLASHBOOT`): written bare, where a string would be quoted and refused."""
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to the API, before it is sent."""
+
+    method: Method
+    path: str
+    body: dict[str, Any] | None = None
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "url": base_url + self.path}
+        out["headers"] = {"Authorization": "Bearer $RUNPOD_API_KEY"}
+        if self.body is not None:
+            out["headers"]["Content-Type"] = "application/json"
+            out["body"] = self.body
+        return out
+
+    def render(self, base_url: str) -> str:
+        """The request as an HTTP message (the key shown as a reference)."""
+        lines = [f"{self.method} {base_url}{self.path}", "Authorization: Bearer $RUNPOD_API_KEY"]
+        if self.body is not None:
+            lines += ["Content-Type: application/json", "", json.dumps(self.body, indent=2)]
+        return "\n".join(lines)
 
 
-def literal(value: Any) -> str:
-    """`value` as a GraphQL input literal.
+class RunPodREST:
+    """A session against one base URL with one key; every failure is one DeployError line."""
 
-    JSON string escapes (\\", \\\\, \\n, \\uXXXX) are exactly GraphQL's, so json.dumps quotes strings
-    safely: an env value full of quotes and braces (the worker's JSON config) cannot end the string
-    or inject fields.
-    """
-    if isinstance(value, Enum):
-        if not _NAME_RE.match(value):
-            raise ValueError(f"not a GraphQL enum value: {value!r}")
-        return str(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(literal(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        parts = []
-        for key, item in value.items():
-            if not _NAME_RE.match(key):
-                raise ValueError(f"not a GraphQL field name: {key!r}")
-            parts.append(f"{key}: {literal(item)}")
-        return "{" + ", ".join(parts) + "}"
-    raise TypeError(f"no GraphQL literal for {type(value).__name__}")
+    def __init__(self, api_key: str, base_url: str) -> None:
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self._session = requests.Session()
+        self._session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+
+    def items(self, call: Call, key: str) -> list[dict[str, Any]]:
+        """A list read (`{"endpoints": [...]}`): the array under `key`."""
+        status, data = self._exchange(call)
+        if status == 404:
+            raise DeployError(f"RunPod API: {call.method} {call.path}: {_problem(status, data)}")
+        found = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(found, list):
+            raise DeployError(_no_identity(call, key))
+        return [x for x in found if isinstance(x, dict)]
+
+    def one(self, call: Call, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        """A single-object answer (GET by id, POST, PATCH): it must carry an `id`. None for a 404
+        when `missing_ok` (an endpoint deleted since its id was stored)."""
+        status, data = self._exchange(call)
+        if status == 404:
+            if missing_ok:
+                return None
+            raise DeployError(f"RunPod API: {call.method} {call.path}: {_problem(status, data)}")
+        if not isinstance(data, dict) or not data.get("id"):
+            raise DeployError(_no_identity(call, "id"))
+        return data
+
+    def _exchange(self, call: Call) -> tuple[int, Any]:
+        """(status, decoded JSON) of a 2xx or 404; every other answer is one DeployError line."""
+        import requests
+
+        url = self.base_url + call.path
+        try:
+            answer = self._session.request(call.method, url, json=call.body, timeout=TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise DeployError(f"cannot reach the RunPod API at {url}: {exc.__class__.__name__}") from None
+        what = f"{call.method} {call.path}"
+        kind = answer.headers.get("Content-Type", "")
+        if "html" in kind or answer.text.lstrip()[:1] == "<":
+            raise DeployError(_html_refusal(answer.status_code, what, url))
+        if answer.status_code == 401:
+            raise DeployError(_REJECTED)
+        try:
+            data = answer.json() if answer.content else None
+        except ValueError:
+            raise DeployError(
+                f"RunPod API: {what} answered {answer.status_code} with something that is not JSON "
+                "(is RUNPOD_API_BASE_URL right?)"
+            ) from None
+        if answer.status_code >= 400 and answer.status_code != 404:
+            raise DeployError(f"RunPod API: {what}: {_problem(answer.status_code, data)}")
+        return answer.status_code, data
 
 
-def mutation(field: str, fields: Mapping[str, Any], selection: str) -> str:
-    """`mutation { field(input: {...}) { selection } }`."""
-    return f"mutation {{ {field}(input: {literal(fields)}) {{ {selection} }} }}"
+def _no_identity(call: Call, key: str) -> str:
+    return (
+        f"RunPod API: {call.method} {call.path} answered without `{key}`: RunPod does not know this "
+        "RUNPOD_API_KEY's account (is it a user API key with read/write access?)"
+    )
 
 
-def run(query: str, api_key: str) -> dict[str, Any]:
-    """Send one document through the SDK and return its `data`; any failure is one DeployError line.
+def _html_refusal(status: int, what: str, url: str) -> str:
+    if status in (401, 403):
+        return (
+            f"RunPod API: {what} was refused ({status}) by an HTML page, not by the API: a proxy or "
+            f"firewall in front of {url.split('/v2/', 1)[0]} blocks it, or the key lacks access"
+        )
+    return f"RunPod API: {what} answered {status} with an HTML page (is RUNPOD_API_BASE_URL right?)"
 
-    The SDK is imported here, not at module level: it costs about 2 s, which `--dry-run`, `--help`
-    and every other command should not pay.
-    """
-    import requests
-    from runpod import error as rp_error
-    from runpod.api.graphql import run_graphql_query
 
-    try:
-        answer = run_graphql_query(query, api_key=api_key)
-    except rp_error.AuthenticationError:
-        raise DeployError(_REJECTED) from None
-    except rp_error.QueryError as exc:
-        message = _one_line(exc.message or "query failed")
-        if "unauthorized" in message.lower():
-            raise DeployError(_REJECTED) from None
-        raise DeployError(f"RunPod API: {message}") from None
-    except requests.exceptions.JSONDecodeError:
-        raise DeployError(
-            "the RunPod API answered with something that is not JSON (is RUNPOD_API_BASE_URL right?)"
-        ) from None
-    except requests.RequestException as exc:
-        request = getattr(exc, "request", None)
-        where = f" at {request.url}" if request is not None and request.url else ""
-        raise DeployError(f"cannot reach the RunPod API{where}: {exc.__class__.__name__}") from None
-    data = answer.get("data") if isinstance(answer, dict) else None
+def _problem(status: int, data: Any) -> str:
+    """An RFC 9457 problem as one line: status, title, detail, then the validation errors."""
     if not isinstance(data, dict):
-        raise DeployError("the RunPod API answered without `data`")
-    return data
-
-
-_REJECTED = "RUNPOD_API_KEY was rejected by the RunPod API: check the key (Settings → API Keys)"
+        return f"{status}"
+    head = f"{status} {data.get('title') or ''}".strip()
+    detail = str(data.get("detail") or data.get("message") or "")
+    errors = [str(e) for e in data.get("errors") or [] if e]
+    text = "; ".join(part for part in (detail, *errors) if part)
+    return _one_line(f"{head}: {text}" if text else head)
 
 
 def _one_line(text: str) -> str:
     line = " ".join(str(text).split())
-    return line if len(line) <= 300 else line[:297] + "..."
+    return line if len(line) <= 400 else line[:397] + "..."

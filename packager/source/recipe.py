@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from artifact_format.vocab import (
     DEFAULT_SHARD_SIZE,
@@ -22,6 +31,7 @@ from artifact_format.vocab import (
     check_precision_overrides,
     parse_size,
 )
+from packager.source import runpod_limits as limits
 from packager.errors import RecipeError
 from packager.settings import build_dir
 
@@ -171,28 +181,79 @@ class Worker(_Strict):
     verify_hashes: bool = False
 
 
+CudaVersion = Annotated[str, AfterValidator(limits.check_cuda)]
+
+
 class Deploy(_Strict):
-    """RunPod serverless endpoint settings (`packager deploy`)."""
+    """RunPod serverless endpoint settings (`packager deploy`), within the limits RunPod enforces."""
 
     endpoint_name: str | None = None
+    # Only when set: a serverless template kept in step with the endpoint, for reuse in the console.
     template_name: str | None = None
     gpu_ids: str = "AMPERE_24,ADA_24"
     gpu_count: int = Field(default=1, ge=1)
     workers_min: int = Field(default=0, ge=0)
     workers_max: int = Field(default=3, ge=0)
-    idle_timeout: int = Field(default=5, ge=1)
-    flashboot: bool = True
     scaler_type: Literal["QUEUE_DELAY", "REQUEST_COUNT"] = "QUEUE_DELAY"
     scaler_value: int = Field(default=4, ge=1)
-    # Kept below the endpoint's own timeout so a stuck job fails instead of holding a worker.
-    execution_timeout_ms: int = Field(default=300_000, ge=1000)
+    # RunPod's serverless guide: 5 s is too aggressive for bursty traffic, 60 s suits most APIs.
+    idle_timeout: int = Field(default=60, ge=limits.IDLE_TIMEOUT_S[0], le=limits.IDLE_TIMEOUT_S[1])
+    # true (FLASHBOOT), false (OFF) or "priority" (PRIORITY_FLASHBOOT).
+    flashboot: bool | Literal["priority"] = True
+    # Well below RunPod's 600 s default so a stuck job fails instead of holding a worker.
+    execution_timeout_ms: int = Field(
+        default=300_000, ge=limits.EXECUTION_TIMEOUT_MS[0], le=limits.EXECUTION_TIMEOUT_MS[1]
+    )
     container_disk_gb: int = Field(default=20, ge=1)
-    allowed_cuda_versions: tuple[str, ...] = ()
+    # CUDA the host must offer: an exact list, else a floor (default: the base image's CUDA).
+    allowed_cuda_versions: tuple[CudaVersion, ...] = ()
+    min_cuda_version: CudaVersion | None = None
     locations: str | None = None
     registry_auth_id: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     # Environment variable → name of a RunPod secret; sent as `{{ RUNPOD_SECRET_<name> }}`.
     secrets: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("endpoint_name", "template_name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else limits.check_name(value)
+
+    @field_validator("gpu_ids")
+    @classmethod
+    def _pools(cls, value: str) -> str:
+        return limits.check_gpu_pools(value)
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("scaler_type") == "REQUEST_COUNT":
+            raise ValueError("RunPod refuses an idle timeout for a queue endpoint scaling on REQUEST_COUNT")
+        return value
+
+    @field_validator("flashboot", mode="before")
+    @classmethod
+    def _flashboot(cls, value: Any) -> Any:
+        if value is True or value is False or value == "priority":
+            return value
+        raise ValueError(f"must be true, false or priority (got {value!r})")
+
+    @field_validator("execution_timeout_ms")
+    @classmethod
+    def _execution(cls, value: int) -> int:
+        if value >= limits.JOB_TTL_MS:
+            raise ValueError(
+                f"at or past RunPod's job TTL ({limits.JOB_TTL_MS} ms), which deletes a job mid-run "
+                f"(got {value})"
+            )
+        return value
+
+    @field_validator("min_cuda_version")
+    @classmethod
+    def _floor(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("allowed_cuda_versions"):
+            raise ValueError("RunPod takes a CUDA floor or a list of allowed versions, not both")
+        return value
 
     @model_validator(mode="after")
     def _workers(self) -> Deploy:

@@ -11,6 +11,6 @@ from tests.rig.runpod_api import RunPodStandIn
 
 @pytest.fixture
 def runpod_api() -> Iterator[RunPodStandIn]:
-    """A fresh RunPod GraphQL stand-in on 127.0.0.1 (its URL goes in RUNPOD_API_BASE_URL)."""
+    """A fresh RunPod REST v2 stand-in on 127.0.0.1 (its URL goes in RUNPOD_API_BASE_URL)."""
     with RunPodStandIn() as api:
         yield api

@@ -1,17 +1,23 @@
-"""A local stand-in for RunPod's GraphQL API (`https://api.runpod.io/graphql`), for deploy tests.
+"""A local stand-in for RunPod's REST API v2 (`https://api.runpod.io/v2`), for deploy tests.
 
-It serves the part of RunPod's schema that `packager deploy` touches, written down below as SDL from
-RunPod's GraphQL docs and the official clients (runpod-python 1.12's mutations, runpodctl's inputs).
-graphql-core validates every request against it, so an unknown field, a missing required field, a
-string where an Int goes or a quoted enum is refused the way a GraphQL server refuses it. On top of
-the types it keeps the rules RunPod documents: template names are unique, a serverless template has
-`volumeInGb: 0`, an endpoint's template must exist and be serverless, its network volume must exist
-(and sit in one of its locations), and `saveEndpoint` with an `id` replaces the whole endpoint, so a
-field left out falls back to its default.
+It serves the serverless endpoint and template resources the way RunPod's published OpenAPI document
+describes them (`tests/rig/runpod_schema.py` holds the request schemas): every create and update body
+is validated with jsonschema against them, so an unknown field, a missing required field, a string
+where an integer goes or a value outside an enum is refused with 422 and RunPod's RFC 9457 problem
+body. On top of the schema it keeps the rules the document states in prose: exactly one of `gpu` or
+`cpu` (400), a CUDA set and a floor are mutually exclusive (400), `idleTimeout` is refused for a
+queue endpoint scaling on request count and left out of its answers, GPU pools must be serverless
+pools, PATCH changes only the fields sent (a `gpu.pools` without `excludedTypes` clears them),
+network volumes must exist and a template referenced by `templateId` must be a serverless one (422).
+Lists come wrapped (`{"endpoints": [...]}`), as v2 answers them.
 
-Auth is what RunPod accepts: `Authorization: Bearer <key>` (what the SDK sends) or `?api_key=<key>`
-(what RunPod's docs use); anything else is HTTP 401. Every request is recorded, raw body included,
-so a test can assert what reached the API, and what never did.
+Reads answer the way RunPod normalises: pools, data centers and ports come back sorted, env in key
+order, and fields a create left out carry RunPod's defaults, so a client that compares what it reads
+with what it would send must be tolerant of both.
+
+Auth is `Authorization: Bearer <key>` only; a wrong key is a 401 problem. Two more keys reproduce
+failures seen in the wild: `null_key` answers 200 with null lists (an identity RunPod does not know),
+`html_key` a 403 HTML page (what an edge proxy serves). Every request is recorded, raw body included.
 """
 
 from __future__ import annotations
@@ -19,145 +25,96 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from graphql import GraphQLError, OperationDefinitionNode, build_schema, graphql_sync, parse
+from jsonschema import Draft202012Validator
 
-SDL = """
-schema { query: Query mutation: Mutation }
+from tests.rig import runpod_schema as rs
 
-type Query { myself: User }
-
-type Mutation {
-  saveTemplate(input: SaveTemplateInput): PodTemplate
-  saveEndpoint(input: EndpointInput!): Endpoint
-  updateEndpointTemplate(input: UpdateEndpointTemplateInput): Endpoint
-}
-
-type User {
-  id: String
-  podTemplates: [PodTemplate]
-  endpoints: [Endpoint]
-  networkVolumes: [NetworkVolume]
-}
-
-type NetworkVolume { id: String name: String size: Int dataCenterId: String }
-
-type EnvironmentVariable { key: String value: String }
-input EnvironmentVariableInput { key: String! value: String! }
-
-type PodTemplate {
-  id: String
-  name: String
-  imageName: String
-  dockerArgs: String
-  containerDiskInGb: Int
-  volumeInGb: Int
-  volumeMountPath: String
-  ports: String
-  env: [EnvironmentVariable]
-  isServerless: Boolean
-  isPublic: Boolean
-  startSsh: Boolean
-  startJupyter: Boolean
-  readme: String
-  containerRegistryAuthId: String
-  boundEndpointId: String
-}
-
-input SaveTemplateInput {
-  id: String
-  name: String!
-  imageName: String!
-  dockerArgs: String!
-  containerDiskInGb: Int!
-  volumeInGb: Int!
-  volumeMountPath: String
-  ports: String
-  env: [EnvironmentVariableInput]!
-  isServerless: Boolean
-  isPublic: Boolean
-  startSsh: Boolean
-  startJupyter: Boolean
-  readme: String
-  containerRegistryAuthId: String
-}
-
-enum FlashBootType { FLASHBOOT OFF }
-
-type Endpoint {
-  id: String
-  name: String
-  templateId: String
-  template: PodTemplate
-  gpuIds: String
-  gpuCount: Int
-  networkVolumeId: String
-  locations: String
-  idleTimeout: Int
-  scalerType: String
-  scalerValue: Int
-  workersMin: Int
-  workersMax: Int
-  executionTimeoutMs: Int
-  allowedCudaVersions: String
-  flashBootType: FlashBootType
-  type: String
-  userId: String
-}
-
-input EndpointInput {
-  id: String
-  name: String!
-  templateId: String!
-  gpuIds: String!
-  gpuCount: Int
-  networkVolumeId: String
-  locations: String
-  idleTimeout: Int
-  scalerType: String
-  scalerValue: Int
-  workersMin: Int
-  workersMax: Int
-  executionTimeoutMs: Int
-  allowedCudaVersions: String
-  flashBootType: FlashBootType
-  type: String
-}
-
-input UpdateEndpointTemplateInput { endpointId: String! templateId: String! }
-"""
-
-GPU_POOLS = {"AMPERE_16", "AMPERE_24", "ADA_24", "AMPERE_48", "ADA_48_PRO", "AMPERE_80", "ADA_80_PRO"}
-# What RunPod fills in for an endpoint field the input leaves out (saveEndpoint is a full replace).
+# RunPod's serverless GPU pools (its GPU-types reference and the flash SDK's GpuGroup).
+GPU_POOLS = frozenset(
+    {
+        "AMPERE_16",
+        "AMPERE_24",
+        "ADA_24",
+        "ADA_32_PRO",
+        "AMPERE_48",
+        "ADA_48_PRO",
+        "AMPERE_80",
+        "ADA_80_PRO",
+        "BLACKWELL_96",
+        "HOPPER_141",
+        "BLACKWELL_180",
+    }
+)
+# What RunPod fills in when a create leaves a field out (CreateEndpointRequest's defaults; the disk
+# size from the document's example answer).
 ENDPOINT_DEFAULTS: dict[str, Any] = {
-    "gpuCount": 1,
-    "networkVolumeId": None,
-    "locations": None,
-    "idleTimeout": 5,
-    "scalerType": "QUEUE_DELAY",
-    "scalerValue": 4,
-    "workersMin": 0,
-    "workersMax": 3,
-    "executionTimeoutMs": 600_000,
-    "allowedCudaVersions": None,
-    "flashBootType": "OFF",
-    "type": "QB",
+    "args": "",
+    "disk": 20,
+    "ports": [],
+    "env": {},
+    "registry": None,
+    "dataCenterIds": [],
+    "networkVolumes": [],
+    "timeout": 300_000,
+    "flashboot": "OFF",
 }
+WORKER_DEFAULTS = {"min": 0, "max": 3, "idleTimeout": 10}
 TEMPLATE_DEFAULTS: dict[str, Any] = {
-    "volumeMountPath": "/workspace",
-    "ports": "",
-    "isServerless": False,
-    "isPublic": False,
-    "startSsh": False,
-    "startJupyter": False,
-    "readme": "",
-    "containerRegistryAuthId": None,
+    "args": "",
+    "disk": 20,
+    "ports": [],
+    "env": {},
+    "registry": None,
+    "mounts": {},
+    "serverless": False,
+    "public": False,
+    "category": "NVIDIA",
+    "startSsh": True,
+    "startJupyter": True,
+    "allowedCudaVersions": [],
 }
+CONTAINER_KEYS = ("image", "args", "disk", "ports", "env", "registry")
+HTML_403 = (
+    "<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body><h1>Forbidden</h1></body></html>"
+)
+_VALIDATORS = {
+    name: Draft202012Validator(rs.schema(body))
+    for name, body in (
+        ("create_endpoint", rs.CREATE_ENDPOINT),
+        ("update_endpoint", rs.UPDATE_ENDPOINT),
+        ("create_template", rs.CREATE_TEMPLATE),
+        ("update_template", rs.UPDATE_TEMPLATE),
+    )
+}
+
+
+class Problem(Exception):
+    """An RFC 9457 answer: `{"title", "status", "detail", "errors"?}`."""
+
+    TITLES: ClassVar[dict[int, str]] = {
+        400: "Bad Request",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        422: "Unprocessable Entity",
+    }
+
+    def __init__(self, status: int, detail: str, errors: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.errors = status, detail, errors
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"title": self.TITLES.get(self.status, "Error"), "status": self.status}
+        out["detail"] = self.detail
+        if self.errors:
+            out["errors"] = self.errors
+        return out
 
 
 @dataclass
@@ -166,18 +123,17 @@ class Recorded:
 
     method: str
     path: str
-    params: dict[str, list[str]]
     headers: dict[str, str]
     body: str
     status: int = 0
-    kind: str | None = None  # "query" or "mutation"
-    fields: tuple[str, ...] = ()  # root fields asked for
-    errors: tuple[str, ...] = ()
+    answer: Any = None
 
 
 @dataclass
 class RunPodStandIn:
     api_key: str = "rp_standin_key_0123456789"
+    null_key: str = "rp_standin_unknown_identity"
+    html_key: str = "rp_standin_blocked_at_edge"
     network_volumes: dict[str, str] = field(default_factory=lambda: {"vol123abc": "EU-RO-1"})
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -187,14 +143,6 @@ class RunPodStandIn:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self.schema = build_schema(SDL)
-        mutations = self.schema.mutation_type
-        assert mutations is not None
-        assert self.schema.query_type is not None
-        self.schema.query_type.fields["myself"].resolve = self._myself
-        mutations.fields["saveTemplate"].resolve = self._save_template
-        mutations.fields["saveEndpoint"].resolve = self._save_endpoint
-        mutations.fields["updateEndpointTemplate"].resolve = self._update_endpoint_template
         self._server: ThreadingHTTPServer | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -202,11 +150,10 @@ class RunPodStandIn:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def _any(self) -> None:
                 standin._handle(self)
 
-            def do_GET(self) -> None:
-                standin._handle(self)
+            do_GET = do_POST = do_PATCH = do_DELETE = _any
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -230,154 +177,235 @@ class RunPodStandIn:
         self.stop()
 
     # ----------------------------------------------------------------- for tests
-    def mutations(self) -> list[str]:
-        """Root fields of every mutation that reached the API (accepted or not)."""
-        return [f for r in self.requests if r.kind == "mutation" for f in r.fields]
+    def writes(self) -> list[tuple[str, str]]:
+        """(method, path) of every request that could change something, accepted or not."""
+        return [(r.method, r.path) for r in self.requests if r.method != "GET"]
+
+    def bodies(self, method: str) -> list[dict[str, Any]]:
+        return [json.loads(r.body) for r in self.requests if r.method == method]
 
     def raw_traffic(self) -> str:
         """Everything clients sent, for "this value never reached the API" checks."""
-        return "\n".join(
-            f"{r.method} {r.path} {json.dumps(r.params)} {json.dumps(r.headers)} {r.body}"
-            for r in self.requests
-        )
-
-    def add_template(self, **fields: Any) -> dict[str, Any]:
-        with self._lock:
-            return self._store_template({**TEMPLATE_DEFAULTS, "env": [], "dockerArgs": "", **fields})
+        return "\n".join(f"{r.method} {r.path} {json.dumps(r.headers)} {r.body}" for r in self.requests)
 
     def add_endpoint(self, **fields: Any) -> dict[str, Any]:
+        """An endpoint made elsewhere (the console), as RunPod would store it."""
+        body = {"type": "QUEUE", "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}, **fields}
         with self._lock:
-            ep = {**ENDPOINT_DEFAULTS, **fields, "id": fields.get("id") or self._new_id(14)}
-            self.endpoints[ep["id"]] = ep
-            return ep
+            return self._create_endpoint(body)
 
     # ----------------------------------------------------------------- HTTP
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length).decode("utf-8", "replace") if length else ""
-        rec = Recorded(h.command, parts.path, parse_qs(parts.query), dict(h.headers.items()), body)
+        rec = Recorded(h.command, parts.path, dict(h.headers.items()), body)
         with self._lock:
             self.requests.append(rec)
-        status, answer = self._answer(rec)
-        rec.status = status
-        rec.errors = tuple(e.get("message", "") for e in answer.get("errors", []))
-        data = json.dumps(answer).encode()
+            status, answer = self._answer(rec)
+        rec.status, rec.answer = status, answer
+        if isinstance(answer, str):
+            data, kind = answer.encode(), "text/html; charset=utf-8"
+        elif answer is None:
+            data, kind = b"", ""
+        else:
+            data = json.dumps(answer).encode()
+            kind = "application/problem+json" if status >= 400 else "application/json"
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        if kind:
+            h.send_header("Content-Type", kind)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
 
-    def _answer(self, rec: Recorded) -> tuple[int, dict[str, Any]]:
-        if rec.path != "/graphql":
-            return 404, {"errors": [{"message": f"no route {rec.path}"}]}
-        if rec.method != "POST":
-            return 405, {"errors": [{"message": "POST only"}]}
+    def _answer(self, rec: Recorded) -> tuple[int, Any]:
         bearer = rec.headers.get("Authorization", "")
-        keys = rec.params.get("api_key", [])
-        if bearer != f"Bearer {self.api_key}" and keys != [self.api_key]:
-            return 401, {"errors": [{"message": "Unauthorized"}]}
-        if not rec.headers.get("Content-Type", "").startswith("application/json"):
-            return 415, {"errors": [{"message": "Content-Type must be application/json"}]}
+        if bearer == f"Bearer {self.html_key}":
+            return 403, HTML_403
+        if bearer not in (f"Bearer {self.api_key}", f"Bearer {self.null_key}"):
+            return 401, {"title": "Unauthorized", "status": 401, "detail": "invalid or missing API key"}
         try:
-            payload = json.loads(rec.body)
-            query = payload["query"]
-            variables = payload.get("variables")
-        except (ValueError, KeyError, TypeError):
-            return 400, {"errors": [{"message": "body must be JSON with a `query`"}]}
-        try:
-            document = parse(query)
-            ops = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-            rec.kind = ops[0].operation.value if ops else None
-            rec.fields = tuple(
-                s.name.value for op in ops for s in op.selection_set.selections if hasattr(s, "name")
+            if bearer == f"Bearer {self.null_key}":
+                return self._unknown_identity(rec)
+            return self._route(rec)
+        except Problem as p:
+            return p.status, p.body()
+
+    def _unknown_identity(self, rec: Recorded) -> tuple[int, Any]:
+        if rec.method == "GET" and rec.path in ("/v2/serverless", "/v2/templates"):
+            return 200, {rec.path.rsplit("/", 1)[1].replace("serverless", "endpoints"): None}
+        return 200, None
+
+    def _route(self, rec: Recorded) -> tuple[int, Any]:
+        found = re.fullmatch(r"/v2/(serverless|templates)(?:/([^/]+))?", rec.path)
+        if not found:
+            raise Problem(404, f"no route {rec.path}")
+        kind, rid = found.groups()
+        if rec.method in ("POST", "PATCH"):
+            if not rec.headers.get("Content-Type", "").startswith("application/json"):
+                raise Problem(400, "Content-Type must be application/json")
+            try:
+                body = json.loads(rec.body)
+            except ValueError:
+                raise Problem(400, "request body is not JSON") from None
+        store = self.endpoints if kind == "serverless" else self.templates
+        view = self._endpoint_view if kind == "serverless" else self._template_view
+        if rid is None:
+            if rec.method == "GET":
+                key = "endpoints" if kind == "serverless" else "templates"
+                return 200, {key: [view(x) for x in store.values()]}
+            if rec.method == "POST":
+                if kind == "serverless":
+                    self._check("create_endpoint", body)
+                    return 201, self._create_endpoint(body)
+                self._check("create_template", body)
+                return 201, self._create_template(body)
+            raise Problem(405, f"{rec.method} not allowed on {rec.path}")
+        if rid not in store:
+            raise Problem(404, f"{'endpoint' if kind == 'serverless' else 'template'} {rid} not found")
+        if rec.method == "GET":
+            return 200, view(store[rid])
+        if rec.method == "PATCH":
+            if kind == "serverless":
+                self._check("update_endpoint", body)
+                return 200, self._update_endpoint(store[rid], body)
+            self._check("update_template", body)
+            return 200, self._update_template(store[rid], body)
+        if rec.method == "DELETE":
+            del store[rid]
+            return 204, None
+        raise Problem(405, f"{rec.method} not allowed on {rec.path}")
+
+    @staticmethod
+    def _check(schema: str, body: Any) -> None:
+        errors = sorted(_VALIDATORS[schema].iter_errors(body), key=lambda e: e.json_path)
+        if errors:
+            raise Problem(
+                422, "request body failed validation", [f"{e.json_path}: {e.message}" for e in errors]
             )
-        except GraphQLError:
-            pass
-        with self._lock:
-            result = graphql_sync(self.schema, query, variable_values=variables)
-        answer: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            answer["errors"] = [{"message": e.message} for e in result.errors]
-            if result.data is None:  # refused before running: parse or validation error
-                return 400, answer
-        return 200, answer
 
-    # ----------------------------------------------------------------- resolvers
-    def _myself(self, _root: Any, _info: Any) -> dict[str, Any]:
-        return {
-            "id": "user_standin",
-            "podTemplates": [dict(t) for t in self.templates.values()],
-            "endpoints": [self._endpoint_view(e) for e in self.endpoints.values()],
-            "networkVolumes": [
-                {"id": k, "name": k, "size": 50, "dataCenterId": dc} for k, dc in self.network_volumes.items()
-            ],
-        }
-
-    def _save_template(self, _root: Any, _info: Any, input: dict[str, Any]) -> dict[str, Any]:
-        if not input["name"].strip():
-            raise GraphQLError("Template name is required")
-        if not input["imageName"].strip():
-            raise GraphQLError("imageName is required")
-        clash = [
-            t for t in self.templates.values() if t["name"] == input["name"] and t["id"] != input.get("id")
-        ]
-        if clash:
-            raise GraphQLError("Template name must be unique")
-        if input.get("id") and input["id"] not in self.templates:
-            raise GraphQLError(f"Template {input['id']} not found")
-        if input.get("isServerless") and input["volumeInGb"] != 0:
-            raise GraphQLError("Serverless templates cannot have a volume disk (volumeInGb must be 0)")
-        keys = [e["key"] for e in input["env"] if e is not None]
-        if len(keys) != len(set(keys)):
-            raise GraphQLError("Duplicate environment variable keys")
-        env = [{"key": e["key"], "value": e["value"]} for e in input["env"] if e is not None]
-        return self._store_template({**TEMPLATE_DEFAULTS, **input, "env": env})
-
-    def _store_template(self, template: dict[str, Any]) -> dict[str, Any]:
-        template["id"] = template.get("id") or self._new_id(10)
-        self.templates[template["id"]] = template
-        return dict(template)
-
-    def _save_endpoint(self, _root: Any, _info: Any, input: dict[str, Any]) -> dict[str, Any]:
-        if input.get("id") and input["id"] not in self.endpoints:
-            raise GraphQLError(f"Endpoint {input['id']} not found")
-        template = self.templates.get(input["templateId"])
-        if template is None:
-            raise GraphQLError(f"Template {input['templateId']} not found")
-        if not template.get("isServerless"):
-            raise GraphQLError("Endpoints need a serverless template (isServerless: true)")
-        pools = [p for p in input["gpuIds"].split(",") if p and not p.startswith("-")]
-        if not pools or any(p not in GPU_POOLS for p in pools):
-            raise GraphQLError(f"Invalid gpuIds: {input['gpuIds']}")
-        ep = {**ENDPOINT_DEFAULTS, **input}
-        if ep["workersMax"] < ep["workersMin"]:
-            raise GraphQLError("workersMax must be greater than or equal to workersMin")
-        if ep["scalerType"] not in ("QUEUE_DELAY", "REQUEST_COUNT"):
-            raise GraphQLError(f"Invalid scalerType: {ep['scalerType']}")
-        if not 5_000 <= ep["executionTimeoutMs"] <= 7 * 24 * 3600 * 1000:
-            raise GraphQLError("executionTimeoutMs must be between 5 seconds and 7 days")
-        volume = ep["networkVolumeId"]
-        if volume:
-            if volume not in self.network_volumes:
-                raise GraphQLError(f"Network volume {volume} not found")
-            dc = self.network_volumes[volume]
-            if ep["locations"] and dc not in ep["locations"].split(","):
-                raise GraphQLError(f"Network volume {volume} is in {dc}, not in locations {ep['locations']}")
-        ep["id"] = input.get("id") or self._new_id(14)
+    # ----------------------------------------------------------------- endpoints
+    def _create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        if ("gpu" in body) == ("cpu" in body):
+            raise Problem(400, "exactly one of gpu or cpu is required")
+        ep: dict[str, Any] = {**ENDPOINT_DEFAULTS}
+        if "templateId" in body:
+            template = self.templates.get(body["templateId"])
+            if template is None:
+                raise Problem(404, f"template {body['templateId']} not found")
+            if not template["serverless"]:
+                raise Problem(422, f"template {body['templateId']} is not a serverless template")
+            ep.update({k: template[k] for k in CONTAINER_KEYS})
+            if "gpu" in body and "minCudaVersion" not in body["gpu"]:
+                body["gpu"].setdefault("allowedCudaVersions", list(template["allowedCudaVersions"]))
+        ep.update({k: v for k, v in body.items() if k not in ("templateId", "env")})
+        ep["env"] = {**ep["env"], **body.get("env", {})}
+        ep["workers"] = {**WORKER_DEFAULTS, **body.get("workers", {})}
+        if "gpu" in body:
+            ep["gpu"] = {"count": 1, "allowedCudaVersions": [], "minCudaVersion": None, **body["gpu"]}
+        ep["id"] = self._new_id(14)
+        ep["createdAt"] = "2026-11-25T00:00:00Z"
+        self._check_rules(ep, body)
         self.endpoints[ep["id"]] = ep
         return self._endpoint_view(ep)
 
-    def _update_endpoint_template(self, _root: Any, _info: Any, input: dict[str, Any]) -> dict[str, Any]:
-        ep = self.endpoints.get(input["endpointId"])
-        if ep is None or input["templateId"] not in self.templates:
-            raise GraphQLError("Endpoint or template not found")
-        ep["templateId"] = input["templateId"]
+    def _update_endpoint(self, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        if ("gpu" in body and "gpu" not in current) or ("cpu" in body and "cpu" not in current):
+            raise Problem(400, "an endpoint's compute family cannot change")
+        ep = json.loads(json.dumps(current))
+        if "templateId" in body:
+            template = self.templates.get(body["templateId"])
+            if template is None:
+                raise Problem(404, f"template {body['templateId']} not found")
+            ep.update({k: template[k] for k in CONTAINER_KEYS if k != "env"})
+            ep["env"] = {**template["env"], **body.get("env", {})}
+        for key, value in body.items():
+            if key == "gpu":
+                gpu = {**ep["gpu"], **value}
+                if "pools" in value and "excludedTypes" not in value:
+                    gpu.pop("excludedTypes", None)
+                if gpu.get("minCudaVersion") == "":
+                    gpu["minCudaVersion"] = None
+                ep["gpu"] = gpu
+            elif key == "workers":
+                ep["workers"] = {**ep["workers"], **value}
+            elif key != "templateId":
+                ep[key] = value
+        counting = body.get("scaling", {}).get("type") == "REQUEST_COUNT" and ep["type"] == "QUEUE"
+        if counting and "idleTimeout" not in body.get("workers", {}):
+            ep["workers"].pop("idleTimeout", None)
+        self._check_rules(ep, body)
+        current.clear()
+        current.update(ep)
         return self._endpoint_view(ep)
 
+    def _check_rules(self, ep: dict[str, Any], body: dict[str, Any]) -> None:
+        gpu = ep.get("gpu")
+        if gpu is not None:
+            unknown = [p for p in gpu["pools"] if p not in GPU_POOLS]
+            if unknown:
+                raise Problem(400, f"gpu.pools: not a serverless GPU pool: {', '.join(unknown)}")
+            if gpu["allowedCudaVersions"] and gpu["minCudaVersion"]:
+                raise Problem(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")
+        counting = ep["scaling"]["type"] == "REQUEST_COUNT"
+        if counting and ep["type"] == "QUEUE" and "idleTimeout" in body.get("workers", {}):
+            raise Problem(
+                400, "workers.idleTimeout does not apply to a queue endpoint scaling on requestCount"
+            )
+        if ep["type"] == "LOAD_BALANCER" and not counting:
+            raise Problem(400, "a load-balancing endpoint scales on REQUEST_COUNT")
+        if ep["workers"]["max"] < ep["workers"]["min"]:
+            raise Problem(400, "workers.max must be at least workers.min")
+        for volume in ep["networkVolumes"]:
+            if volume not in self.network_volumes:
+                raise Problem(400, f"network volume {volume} not found")
+            where = self.network_volumes[volume]
+            if ep["dataCenterIds"] and where not in ep["dataCenterIds"]:
+                raise Problem(400, f"network volume {volume} is in {where}, not in dataCenterIds")
+
     def _endpoint_view(self, ep: dict[str, Any]) -> dict[str, Any]:
-        return {**ep, "template": self.templates.get(ep["templateId"]), "userId": "user_standin"}
+        out = json.loads(json.dumps(ep))
+        if out["scaling"]["type"] == "REQUEST_COUNT" and out["type"] == "QUEUE":
+            out["workers"].pop("idleTimeout", None)
+        out["env"] = dict(sorted(out["env"].items()))
+        for key in ("dataCenterIds", "networkVolumes", "ports"):
+            out[key] = sorted(out[key])
+        if out.get("gpu"):
+            out["gpu"]["pools"] = sorted(out["gpu"]["pools"])
+        base = f"https://api.runpod.ai/v2/{ep['id']}"
+        out["requestUrls"] = {
+            "run": f"{base}/run",
+            "runSync": f"{base}/runsync",
+            "status": f"{base}/status/{{job_id}}",
+            "stream": f"{base}/stream/{{job_id}}",
+            "cancel": f"{base}/cancel/{{job_id}}",
+            "retry": f"{base}/retry/{{job_id}}",
+            "purgeQueue": f"{base}/purge-queue",
+            "health": f"{base}/health",
+        }
+        return out
+
+    # ----------------------------------------------------------------- templates
+    def _create_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        if any(t["name"] == body["name"] for t in self.templates.values()):
+            raise Problem(400, f"a template named {body['name']!r} already exists")
+        template = {**TEMPLATE_DEFAULTS, **body, "id": self._new_id(10)}
+        self.templates[template["id"]] = template
+        return self._template_view(template)
+
+    def _update_template(self, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        if "name" in body and any(
+            t["name"] == body["name"] and t["id"] != current["id"] for t in self.templates.values()
+        ):
+            raise Problem(400, f"a template named {body['name']!r} already exists")
+        current.update(body)
+        return self._template_view(current)
+
+    def _template_view(self, template: dict[str, Any]) -> dict[str, Any]:
+        out = json.loads(json.dumps(template))
+        out["env"] = dict(sorted(out["env"].items()))
+        out["ports"] = sorted(out["ports"])
+        return out
 
     def _new_id(self, length: int) -> str:
         digest = hashlib.sha256(f"standin-{next(self._ids)}".encode()).hexdigest()
