@@ -110,13 +110,15 @@ def test_first_deploy_creates_the_endpoint_the_recipe_describes_in_one_post(
 ) -> None:
     out = deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_A)
 
-    assert out["endpoint"]["action"] == "created" and out["template"] is None
+    assert out["endpoint"]["action"] == "created"
+    assert out["template"] is None
     assert runpod_api.writes() == [("POST", SERVERLESS)]
     assert [r.status for r in runpod_api.requests] == [200, 201]
     assert all(r.headers["Authorization"] == f"Bearer {runpod_api.api_key}" for r in runpod_api.requests)
 
     (endpoint,) = runpod_api.endpoints.values()
-    assert endpoint["id"] == out["endpoint"]["id"] and endpoint["name"] == "tiny-volume"
+    assert endpoint["id"] == out["endpoint"]["id"]
+    assert endpoint["name"] == "tiny-volume"
     assert endpoint["type"] == "QUEUE"
     assert (
         out["image"]
@@ -140,7 +142,8 @@ def test_first_deploy_creates_the_endpoint_the_recipe_describes_in_one_post(
     env = endpoint["env"]
     assert env["MODEL_DIR"] == f"/runpod-volume/models/tiny/{ARTIFACT_A}"
     assert env["ARTIFACT_URI"] == f"s3://models-bucket/store/tiny/{ARTIFACT_A}"
-    assert env["HF_HUB_OFFLINE"] == "1" and env["PULL_TIMEOUT_S"] == "90"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["PULL_TIMEOUT_S"] == "90"
     assert json.loads(env["WORKER_CONFIG"])["defaults"]["num_inference_steps"] == 4
     assert env["AWS_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_store_secret }}"
     assert env["BUCKET_SECRET_ACCESS_KEY"] == "{{ RUNPOD_SECRET_bucket_secret }}"
@@ -159,7 +162,8 @@ def test_an_unchanged_recipe_sends_zero_writes(runpod_api: RunPodStandIn, recipe
     assert [(r.method, r.path) for r in runpod_api.requests] == [
         ("GET", f"{SERVERLESS}/{first['endpoint']['id']}")
     ]
-    assert "unchanged" in again.stdout and "nothing to change" in again.stdout
+    assert "unchanged" in again.stdout
+    assert "nothing to change" in again.stdout
 
 
 def test_a_new_image_is_one_patch_of_the_image(runpod_api: RunPodStandIn, recipe: Path) -> None:
@@ -183,7 +187,8 @@ def test_a_new_artifact_in_volume_mode_patches_image_and_env_together(
 
     second = deploy_json(recipe, runpod_api, "--mode", "volume", "--artifact-id", ARTIFACT_B)
 
-    assert second["endpoint"]["changed"] == ["image", "env"] and second["writes"] == 1
+    assert second["endpoint"]["changed"] == ["image", "env"]
+    assert second["writes"] == 1
     (patch,) = runpod_api.bodies("PATCH")
     assert set(patch) == {"image", "env"}
     assert patch["env"]["MODEL_DIR"].endswith(ARTIFACT_B)
@@ -228,7 +233,8 @@ def test_an_explicit_cuda_list_replaces_the_floor_and_clears_it(
     deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
     (patch,) = runpod_api.bodies("PATCH")
-    assert patch["gpu"]["allowedCudaVersions"] == ["12.8", "13.0"] and patch["gpu"]["minCudaVersion"] == ""
+    assert patch["gpu"]["allowedCudaVersions"] == ["12.8", "13.0"]
+    assert patch["gpu"]["minCudaVersion"] == ""
     (endpoint,) = runpod_api.endpoints.values()
     assert (endpoint["gpu"]["allowedCudaVersions"], endpoint["gpu"]["minCudaVersion"]) == (
         ["12.8", "13.0"],
@@ -257,7 +263,8 @@ def test_an_endpoint_made_elsewhere_is_found_by_name_among_many_and_matched_tole
     out = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
     assert out["endpoint"] == {"name": "tiny-baked", "id": made["id"], "action": "unchanged", "changed": []}
-    assert runpod_api.writes() == [] and len(runpod_api.endpoints) == 451
+    assert runpod_api.writes() == []
+    assert len(runpod_api.endpoints) == 451
     # Remembered: the next run reads it by id.
     runpod_api.requests.clear()
     deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
@@ -270,13 +277,16 @@ def test_the_state_file_holds_ids_only_and_a_stale_id_falls_back_to_the_name(
     first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
     state_file = recipe.with_suffix(".deploy.json")
     text = state_file.read_text()
-    assert first["endpoint"]["id"] in text and "RUNPOD_SECRET" not in text and runpod_api.api_key not in text
+    assert first["endpoint"]["id"] in text
+    assert "RUNPOD_SECRET" not in text
+    assert runpod_api.api_key not in text
     assert_no_secrets(text)
     del runpod_api.endpoints[first["endpoint"]["id"]]  # deleted in the console
 
     again = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
-    assert again["endpoint"]["action"] == "created" and again["endpoint"]["id"] != first["endpoint"]["id"]
+    assert again["endpoint"]["action"] == "created"
+    assert again["endpoint"]["id"] != first["endpoint"]["id"]
     assert again["endpoint"]["id"] in state_file.read_text()
 
 
@@ -311,7 +321,8 @@ def test_dry_run_prints_the_exact_requests_and_sends_nothing(runpod_api: RunPodS
     assert runpod_api.bodies("POST") == [body]
 
     text = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, "--dry-run", key=None)
-    assert text.returncode == 0 and f"POST {runpod_api.url}{SERVERLESS}\n" in text.stdout
+    assert text.returncode == 0
+    assert f"POST {runpod_api.url}{SERVERLESS}\n" in text.stdout
     assert '"flashboot": "PRIORITY_FLASHBOOT"' in text.stdout
 
 
@@ -322,7 +333,8 @@ def test_dry_run_with_a_key_reads_and_prints_the_exact_patch(runpod_api: RunPodS
 
     plan = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B, "--dry-run")
 
-    assert runpod_api.writes() == [] and plan["dry_run"] is True
+    assert runpod_api.writes() == []
+    assert plan["dry_run"] is True
     new_image = naming.image_tag("registry.example.com/team/sd", "tiny", ARTIFACT_B, "baked")
     (patch,) = plan["requests"]
     assert (patch["method"], patch["url"], patch["body"]) == (
@@ -342,7 +354,8 @@ def test_a_named_template_is_kept_in_step_beside_the_endpoint(
     first = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
     second = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_B)
 
-    assert first["template"]["action"] == "created" and second["template"]["changed"] == ["image"]
+    assert first["template"]["action"] == "created"
+    assert second["template"]["changed"] == ["image"]
     (template,) = runpod_api.templates.values()
     assert (template["serverless"], template["startSsh"], template["startJupyter"]) == (True, False, False)
     assert template["image"] == runpod_api.endpoints[first["endpoint"]["id"]]["image"]
@@ -358,7 +371,8 @@ def test_missing_api_key_is_one_line(runpod_api: RunPodStandIn, recipe: Path) ->
     result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=None)
 
     assert "RUNPOD_API_KEY" in one_line_error(result)
-    assert result.stdout == "" and runpod_api.requests == []
+    assert result.stdout == ""
+    assert runpod_api.requests == []
 
 
 @pytest.mark.parametrize(
@@ -377,7 +391,8 @@ def test_each_auth_failure_is_one_clear_line(
     result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=key)
 
     assert expect in one_line_error(result)
-    assert runpod_api.writes() == [] and runpod_api.endpoints == {}
+    assert runpod_api.writes() == []
+    assert runpod_api.endpoints == {}
 
 
 def test_an_api_refusal_is_reported_as_its_problem_detail(runpod_api: RunPodStandIn, tmp_path: Path) -> None:
@@ -398,7 +413,9 @@ def test_two_endpoints_with_the_managed_name_are_refused(runpod_api: RunPodStand
 
     error = one_line_error(run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A))
 
-    assert one["id"] in error and two["id"] in error and "deploy.endpoint_name" in error
+    assert one["id"] in error
+    assert two["id"] in error
+    assert "deploy.endpoint_name" in error
     assert runpod_api.writes() == []
 
 

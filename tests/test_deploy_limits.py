@@ -53,8 +53,10 @@ def test_validate_accepts_current_pools_and_the_new_defaults(tmp_path: Path) -> 
 
     assert result.returncode == 0, result.stderr
     deploy = json.loads(result.stdout)["deploy"]
-    assert deploy["idle_timeout"] == 60 and deploy["execution_timeout_ms"] == 300_000
-    assert deploy["flashboot"] is True and deploy["min_cuda_version"] == "13.0"
+    assert deploy["idle_timeout"] == 60
+    assert deploy["execution_timeout_ms"] == 300_000
+    assert deploy["flashboot"] is True
+    assert deploy["min_cuda_version"] == "13.0"
 
 
 def test_the_stand_in_refuses_what_runpod_refuses(runpod_api: RunPodStandIn) -> None:
@@ -88,7 +90,8 @@ def test_the_stand_in_refuses_what_runpod_refuses(runpod_api: RunPodStandIn) -> 
     counting = {**body, "scaling": {"type": "REQUEST_COUNT", "requestCount": 1}}
     refused({**counting, "workers": {"idleTimeout": 5}}, r"idleTimeout does not apply")
     made = client.one(Call("POST", SERVERLESS, {**body, "flashboot": "PRIORITY_FLASHBOOT"}))
-    assert made is not None and made["flashboot"] == "PRIORITY_FLASHBOOT"
+    assert made is not None
+    assert made["flashboot"] == "PRIORITY_FLASHBOOT"
     refused({"type": "LOAD_BALANCER"}, r"'type' was unexpected", "PATCH", f"{SERVERLESS}/{made['id']}")
     refused(
         {"gpu": {"excludedTypes": ["NVIDIA L4"]}},

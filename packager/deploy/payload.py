@@ -19,10 +19,10 @@ from typing import Any
 
 from artifact_format import manifest as mf
 from artifact_format.vocab import Mode
-from packager.source import runpod_limits as limits
 from packager.errors import DeployError, RecipeError
 from packager.image import naming
 from packager.settings import SECRET_ENV_VARS, secret_values
+from packager.source import runpod_limits as limits
 from packager.source.recipe import LoadedRecipe
 
 # The worker is a queue handler (`runpod.serverless.start`), not an HTTP server.

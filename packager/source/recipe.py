@@ -31,9 +31,9 @@ from artifact_format.vocab import (
     check_precision_overrides,
     parse_size,
 )
-from packager.source import runpod_limits as limits
 from packager.errors import RecipeError
 from packager.settings import build_dir
+from packager.source import runpod_limits as limits
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 HUB_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"

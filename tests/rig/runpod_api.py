@@ -241,40 +241,36 @@ class RunPodStandIn:
         if not found:
             raise Problem(404, f"no route {rec.path}")
         kind, rid = found.groups()
-        if rec.method in ("POST", "PATCH"):
-            if not rec.headers.get("Content-Type", "").startswith("application/json"):
-                raise Problem(400, "Content-Type must be application/json")
-            try:
-                body = json.loads(rec.body)
-            except ValueError:
-                raise Problem(400, "request body is not JSON") from None
-        store = self.endpoints if kind == "serverless" else self.templates
-        view = self._endpoint_view if kind == "serverless" else self._template_view
-        if rid is None:
-            if rec.method == "GET":
-                key = "endpoints" if kind == "serverless" else "templates"
-                return 200, {key: [view(x) for x in store.values()]}
-            if rec.method == "POST":
-                if kind == "serverless":
-                    self._check("create_endpoint", body)
-                    return 201, self._create_endpoint(body)
-                self._check("create_template", body)
-                return 201, self._create_template(body)
-            raise Problem(405, f"{rec.method} not allowed on {rec.path}")
-        if rid not in store:
-            raise Problem(404, f"{'endpoint' if kind == 'serverless' else 'template'} {rid} not found")
-        if rec.method == "GET":
+        body = self._body(rec) if rec.method in ("POST", "PATCH") else None
+        endpoint = kind == "serverless"
+        store = self.endpoints if endpoint else self.templates
+        view = self._endpoint_view if endpoint else self._template_view
+        if rid is None and rec.method == "GET":
+            return 200, {"endpoints" if endpoint else "templates": [view(x) for x in store.values()]}
+        if rid is None and rec.method == "POST":
+            self._check("create_endpoint" if endpoint else "create_template", body)
+            return 201, self._create_endpoint(body) if endpoint else self._create_template(body)
+        if rid is not None and rid not in store:
+            raise Problem(404, f"{'endpoint' if endpoint else 'template'} {rid} not found")
+        if rid is not None and rec.method == "GET":
             return 200, view(store[rid])
-        if rec.method == "PATCH":
-            if kind == "serverless":
-                self._check("update_endpoint", body)
-                return 200, self._update_endpoint(store[rid], body)
-            self._check("update_template", body)
-            return 200, self._update_template(store[rid], body)
-        if rec.method == "DELETE":
+        if rid is not None and rec.method == "PATCH":
+            self._check("update_endpoint" if endpoint else "update_template", body)
+            update = self._update_endpoint if endpoint else self._update_template
+            return 200, update(store[rid], body)
+        if rid is not None and rec.method == "DELETE":
             del store[rid]
             return 204, None
         raise Problem(405, f"{rec.method} not allowed on {rec.path}")
+
+    @staticmethod
+    def _body(rec: Recorded) -> Any:
+        if not rec.headers.get("Content-Type", "").startswith("application/json"):
+            raise Problem(400, "Content-Type must be application/json")
+        try:
+            return json.loads(rec.body)
+        except ValueError:
+            raise Problem(400, "request body is not JSON") from None
 
     @staticmethod
     def _check(schema: str, body: Any) -> None:
