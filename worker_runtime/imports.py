@@ -11,6 +11,9 @@ Each function imports one thing and returns it, so handler.py can time them sepa
   py-cpuinfo answers by starting a second Python interpreter: about 1.3 s of every cold start
   (measured on runpod 1.12). The name is only shown in `--rp_debugger` output, so we answer it from
   /proc/cpuinfo for the duration of the import and put py-cpuinfo back afterwards.
+- `torch._dynamo` (the torch.compile front end, over a second) is replaced by a stand-in that loads
+  it on first real use (shims.py) before diffusers and transformers import it; WORKER_TRIM_IMPORTS=0
+  keeps the plain imports (to compare, or to rule the shim out).
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ def go_offline() -> None:
         os.environ.setdefault(key, value)
 
 
+_OFF = {"0", "false", "no", "off"}
+
+
 def import_torch() -> ModuleType:
     import torch
 
+    if os.environ.get("WORKER_TRIM_IMPORTS", "1").strip().lower() not in _OFF:
+        from worker_runtime import shims
+
+        shims.install_lazy_dynamo()
     return torch
 
 

@@ -1,0 +1,122 @@
+"""The worker's trimmed imports: torch._dynamo stays out of start-up and the first job, images are
+bit-identical with and without the shim, and torch.compile still works once it is asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.rig.artifacts import make_artifact, tiny_source
+from tests.rig.worker import REPO, run_test_input, worker_env
+
+JOB = {"input": {"prompt": "a lantern", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3}}
+
+# Runs in a fresh interpreter: import as the worker does, load, answer, then compile (eager backend).
+PROBE = r"""
+import json, sys
+from pathlib import Path
+from worker_runtime import imports, load, manifest as mf
+model = Path(sys.argv[1])
+out = {}
+torch = imports.import_torch()
+cls = imports.import_pipeline_class(mf.load(model).pipeline)
+from worker_runtime import shims
+out["lazy_after_import"] = shims.lazy_dynamo_active()
+loaded = load.load_pipeline(cls, torch, model, mf.load(model), "cpu")
+def run():
+    g = torch.Generator("cpu").manual_seed(7)
+    return loaded.pipe(prompt="a fox", num_inference_steps=2, width=64, height=64, generator=g,
+                       output_type="pt").images
+plain = run()
+out["lazy_after_job"] = shims.lazy_dynamo_active()
+from diffusers.models.attention_processor import Attention
+loaded.pipe.unet = torch.compile(loaded.pipe.unet, backend="eager")
+compiled = run()
+out["lazy_after_compile"] = shims.lazy_dynamo_active()
+out["compiled_equal"] = bool(torch.equal(plain, compiled))
+from torch._dynamo import trace_rules
+out["attention_allowed_in_graph"] = id(Attention) in trace_rules._allowed_callable_ids
+out["is_compiled"] = __import__("diffusers").utils.torch_utils.is_compiled_module(loaded.pipe.unet)
+print("PROBE " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imports")
+    return make_artifact(tiny_source(root / "source"), root / "artifact")[0]
+
+
+def probe(artifact: Path, **env: str) -> dict[str, bool]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(artifact)],
+        env=worker_env(artifact, **env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return dict(json.loads(lines[0][len("PROBE ") :]))
+
+
+def test_dynamo_stays_unloaded_through_a_job_and_compile_works_with_registrations_replayed(
+    artifact: Path,
+) -> None:
+    out = probe(artifact)
+    assert out["lazy_after_import"] and out["lazy_after_job"]
+    assert not out["lazy_after_compile"]
+    assert out["compiled_equal"] and out["is_compiled"]
+    assert out["attention_allowed_in_graph"]
+
+
+def test_without_the_shim_dynamo_is_imported_and_compile_gives_the_same_answers(artifact: Path) -> None:
+    out = probe(artifact, WORKER_TRIM_IMPORTS="0")
+    assert not out["lazy_after_import"] and not out["lazy_after_job"]
+    assert out["compiled_equal"] and out["attention_allowed_in_graph"]
+
+
+def test_images_are_bit_identical_with_and_without_the_trimmed_imports(
+    artifact: Path, tmp_path: Path
+) -> None:
+    pngs = []
+    for trim in ("1", "0"):
+        saved = tmp_path / f"trim{trim}"
+        proc = run_test_input(
+            artifact, JOB, tmp_path / f"run{trim}", WORKER_SAVE_DIR=str(saved), WORKER_TRIM_IMPORTS=trim
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        pngs.append((saved / "local_test.png").read_bytes())
+    assert pngs[0] == pngs[1]
+
+
+def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -> None:
+    code = (
+        "import sys, torch\n"
+        "from worker_runtime import shims\n"
+        "shims.SUPPORTED['torch'] = ((1, 0), (1, 1))\n"
+        "why = shims.install_lazy_dynamo()\n"
+        "import diffusers.utils.torch_utils\n"
+        "print(why, '|', type(sys.modules['torch._dynamo']).__name__, shims.lazy_dynamo_active())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=worker_env(None), cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    why, _, rest = proc.stdout.strip().rpartition("\n")[-1].partition(" | ")
+    assert why.startswith("torch ") and "outside (1, 0)..(1, 1)" in why
+    assert rest == "module False"
+
+
+def test_version_parsing() -> None:
+    from worker_runtime.shims import version_tuple
+
+    assert version_tuple("2.13.0+cpu") == (2, 13)
+    assert version_tuple("0.42.1") == (0, 42)
+    assert version_tuple("5.0.0rc1") == (5, 0)
+    assert version_tuple("garbage") == (0, 0)
