@@ -81,18 +81,21 @@ def test_without_the_shim_dynamo_is_imported_and_compile_gives_the_same_answers(
     assert out["compiled_equal"] and out["attention_allowed_in_graph"]
 
 
-def test_images_are_bit_identical_with_and_without_the_trimmed_imports(
+def test_images_are_bit_identical_with_and_without_the_trimmed_imports_and_in_memory_loader(
     artifact: Path, tmp_path: Path
 ) -> None:
     pngs = []
-    for trim in ("1", "0"):
-        saved = tmp_path / f"trim{trim}"
-        proc = run_test_input(
-            artifact, JOB, tmp_path / f"run{trim}", WORKER_SAVE_DIR=str(saved), WORKER_TRIM_IMPORTS=trim
-        )
+    variants = [
+        {"WORKER_TRIM_IMPORTS": "1"},
+        {"WORKER_TRIM_IMPORTS": "0", "WORKER_VERIFY_HASHES": "0"},
+        {"WORKER_LOADER": "parallel"},
+    ]
+    for i, env in enumerate(variants):
+        saved = tmp_path / f"saved{i}"
+        proc = run_test_input(artifact, JOB, tmp_path / f"run{i}", WORKER_SAVE_DIR=str(saved), **env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         pngs.append((saved / "local_test.png").read_bytes())
-    assert pngs[0] == pngs[1]
+    assert pngs[0] == pngs[1] == pngs[2]
 
 
 def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -> None:

@@ -65,14 +65,23 @@ def test_a_truncated_weight_file_stops_the_worker_with_one_line_naming_it(
     assert f"({size})" in line
 
 
-def test_hash_checking_at_start_finds_damaged_bytes_of_the_right_size(artifact: Path, tmp_path: Path) -> None:
+def test_a_damaged_weight_byte_of_the_right_size_stops_the_start_by_default(
+    artifact: Path, tmp_path: Path
+) -> None:
     path = artifact / "vae/diffusion_pytorch_model.safetensors"
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # a weight byte, not the header: only a hash can tell
     path.write_bytes(bytes(data))
-    proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run", WORKER_VERIFY_HASHES="1")
+    proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run")
     assert proc.returncode != 0
     assert f"{path}: sha256" in one_line_error(proc.stderr)
+    assert "Starting Serverless Worker" not in proc.stdout
+    # The same damage through the in-memory loader of network storage.
+    proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run2", WORKER_LOADER="parallel")
+    assert proc.returncode != 0 and f"{path}: sha256" in one_line_error(proc.stderr)
+    # Turned off, nothing reads the hashes: the damaged float loads and the job is answered.
+    proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run3", WORKER_VERIFY_HASHES="0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_an_unreadable_weight_file_of_the_right_size_is_named_when_loading_fails(

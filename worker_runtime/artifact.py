@@ -6,7 +6,9 @@ worker to start on an empty volume pulls it (volume_sync takes a lock on the vol
 concurrent workers download it once) and the others wait for its `.ready` marker.
 
 Everything here is stdlib plus the manifest module, and runs before torch is imported: a broken
-artifact is reported in milliseconds, not after seconds of imports.
+artifact is reported in milliseconds, not after seconds of imports. The sha256 of every weight
+byte is checked by the threads that read the weights while torch imports (`start_reading`), and
+the worker waits for that verdict before it loads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifact_format import manifest as mf
+from worker_runtime import readahead, storage
 from worker_runtime.config import Settings
 from worker_runtime.errors import StartError
 
@@ -53,7 +56,7 @@ def model_dir_of(settings: Settings) -> Path:
 
 
 def locate(settings: Settings) -> Located:
-    """The checked artifact: manifest parsed, every file present at its size (sha256 when asked).
+    """The checked artifact: manifest parsed, every file present at its size (hashes: start_reading).
 
     Raises StartError with one line naming the directory or the first bad file.
     """
@@ -68,10 +71,24 @@ def locate(settings: Settings) -> Located:
             )
         pulled_s = _pull(settings, model_dir)
     try:
-        manifest = mf.check(model_dir, full_hash=settings.verify_hashes)
+        manifest = mf.check(model_dir)
     except mf.ManifestError as exc:
         raise StartError(str(exc)) from None
     return Located(model_dir, manifest, mf.artifact_id_of(model_dir), pulled_s)
+
+
+def start_reading(located: Located, settings: Settings) -> readahead.Readahead | None:
+    """Start the threads that read (and, by default, hash) the weight files while imports run.
+
+    On a network filesystem the files are read into memory for the loader (storage.py); elsewhere
+    into the page cache. None when neither reading ahead nor hashing is wanted.
+    """
+    weights = {located.dir / f.path: f.sha256 for f in located.manifest.weight_files}
+    keep = storage.choose(located.dir) == "parallel"
+    if not (settings.readahead or settings.verify_hashes or keep):
+        return None
+    expected = weights if settings.verify_hashes else None
+    return readahead.start(sorted(weights), expected, keep=keep)
 
 
 def _pull(settings: Settings, model_dir: Path) -> float:

@@ -58,7 +58,7 @@ class WorkerConfig:
     defaults: Defaults = field(default_factory=Defaults)
     limits: Limits = field(default_factory=Limits)
     warmup: bool = False
-    verify_hashes: bool = False
+    verify_hashes: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def parse_worker_config(text: str | None) -> WorkerConfig:
         defaults=_section(raw.get("defaults"), Defaults, "WORKER_CONFIG.defaults"),
         limits=_section(raw.get("limits"), Limits, "WORKER_CONFIG.limits"),
         warmup=_typed(raw.get("warmup", False), bool, "WORKER_CONFIG.warmup"),
-        verify_hashes=_typed(raw.get("verify_hashes", False), bool, "WORKER_CONFIG.verify_hashes"),
+        verify_hashes=_typed(raw.get("verify_hashes", True), bool, "WORKER_CONFIG.verify_hashes"),
     )
 
 
@@ -171,7 +171,10 @@ def read_settings(env: dict[str, str] | os._Environ[str] = os.environ) -> Settin
         volume_mount=Path(mount) if mount else default_volume_mount(),
         pull_timeout_s=pull_timeout,
         worker=worker,
-        verify_hashes=worker.verify_hashes or _flag(env, "WORKER_VERIFY_HASHES"),
+        # The variable, when set, wins over the recipe either way.
+        verify_hashes=_flag(env, "WORKER_VERIFY_HASHES")
+        if env.get("WORKER_VERIFY_HASHES", "").strip()
+        else worker.verify_hashes,
         device=device,
         # Off only to measure what it buys (bench/coldstart.py).
         readahead=env.get("WORKER_READAHEAD", "1").strip().lower() not in {"0", "false", "no", "off"},

@@ -13,12 +13,14 @@ and takes `POST /runsync {"input": {...}}` (the SDK's local API routes are POST-
 sent to `/run` runs when its `POST /status/<id>` is first asked for).
 
 Environment: MODEL_DIR, ARTIFACT_URI, VOLUME_MOUNT, PULL_TIMEOUT_S, WORKER_CONFIG (see config.py),
-WORKER_VERIFY_HASHES=1 to hash every file at start, WORKER_DEVICE to force cpu/cuda,
-WORKER_SAVE_DIR to also write the PNGs to a folder (local runs), BUCKET_* for `output: "s3"`.
+WORKER_VERIFY_HASHES=0 to skip the sha256 check of every weight byte at start, WORKER_DEVICE to
+force cpu/cuda, WORKER_LOADER=auto|parallel|mmap (storage.py), WORKER_SAVE_DIR to also write the
+PNGs to a folder (local runs), BUCKET_* for `output: "s3"`.
 
 Start order, for the cold start: check the artifact (stat only) → start reading the weights into
-the page cache in a thread → import torch, the pipeline class and runpod meanwhile → load → warm
-up if asked → one `worker ready: ...` line on stderr with the timings.
+the page cache (or memory, on network storage) in threads that also hash them → import torch, the
+pipeline class and runpod meanwhile → wait for the hashes → load → warm up if asked → one
+`worker ready: ...` line on stderr with the timings.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import traceback
 from typing import Any, NoReturn
 
 from artifact_format.vocab import short_id
-from worker_runtime import artifact, clock, config, encode, generate, imports, load, readahead, requests
+from worker_runtime import artifact, clock, config, encode, generate, imports, load, requests
 from worker_runtime.errors import RequestError, StartError
 
 PROCESS_START = clock.process_start()
@@ -47,8 +49,7 @@ def _fail(message: str) -> NoReturn:
 try:
     SETTINGS = config.read_settings()
     ARTIFACT = artifact.locate(SETTINGS)
-    weight_paths = sorted(ARTIFACT.dir / f.path for f in ARTIFACT.manifest.weight_files)
-    READAHEAD = readahead.start(weight_paths) if SETTINGS.readahead else None
+    READAHEAD = artifact.start_reading(ARTIFACT, SETTINGS)
 
     mark = time.perf_counter()
     imports.go_offline()
@@ -59,9 +60,11 @@ try:
     IMPORT_S = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    if READAHEAD is not None:
+        READAHEAD.check()
     device = load.pick_device(torch, SETTINGS.device)
     try:
-        LOADED = load.load_pipeline(pipeline_class, torch, ARTIFACT.dir, ARTIFACT.manifest, device)
+        LOADED = load.load_pipeline(pipeline_class, torch, ARTIFACT.dir, ARTIFACT.manifest, device, READAHEAD)
     except Exception as exc:
         raise StartError(artifact.explain_load_failure(ARTIFACT, exc)) from None
     LOAD_S = time.perf_counter() - mark

@@ -2,9 +2,11 @@
 
 The artifact is already in the layout and precision the worker wants (diffusers folders,
 safetensors), so loading is: read configs, build each module on the meta device (accelerate's
-`low_cpu_mem_usage`), and hand it the memory-mapped tensors. Nothing is converted on the way unless
-the device cannot run the artifact's precision: CPUs run fp32, because fp16 inference on a CPU is
-tens of times slower than fp32.
+`low_cpu_mem_usage`), and hand it the memory-mapped tensors. On network storage (storage.py) the
+weights were read into memory by readahead's parallel reads and the models are built from those
+buffers instead (memload.py), because page faults on a network filesystem are slow. Nothing is
+converted on the way unless the device cannot run the artifact's precision: CPUs run fp32, because
+fp16 inference on a CPU is tens of times slower than fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact_format import manifest as mf
+from worker_runtime.readahead import Readahead
 
 PRECISION_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -44,7 +47,12 @@ def precision_for(manifest: mf.Manifest, device: str) -> str:
 
 
 def load_pipeline(
-    pipeline_class: Any, torch: Any, model_dir: Path, manifest: mf.Manifest, device: str
+    pipeline_class: Any,
+    torch: Any,
+    model_dir: Path,
+    manifest: mf.Manifest,
+    device: str,
+    reader: Readahead | None = None,
 ) -> Loaded:
     from diffusers.utils import logging as diffusers_logging
 
@@ -69,7 +77,10 @@ def load_pipeline(
             kwargs["feature_extractor"] = None
         if "requires_safety_checker" in params:
             kwargs["requires_safety_checker"] = False
-    if device == "cuda":
+    models = _models_in_memory(torch, model_dir, reader, dtype, device)
+    if models:
+        kwargs.update(models)
+    elif device == "cuda":
         # Each tensor goes from the mapped file to the GPU once, never through a CPU copy.
         # (diffusers takes a bare device name here; "cuda:N" is moved after loading.)
         kwargs["device_map"] = device
@@ -78,6 +89,23 @@ def load_pipeline(
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return Loaded(pipe, device, precision, default_size(pipe))
+
+
+def _models_in_memory(
+    torch: Any, model_dir: Path, reader: Readahead | None, dtype: Any, device: str
+) -> dict[str, Any]:
+    """The models built from the reader's in-memory files, or {} to load through memory maps."""
+    if reader is None or not reader.keep:
+        return {}
+    reader.join()
+    if reader.error or not reader.buffers:
+        return {}  # from_pretrained reads the files itself and names what is wrong
+    from worker_runtime import memload
+
+    try:
+        return memload.load_models(torch, model_dir, reader.buffers, dtype, device)
+    finally:
+        reader.buffers.clear()  # the tensors keep what they use
 
 
 def default_size(pipe: Any) -> tuple[int, int]:

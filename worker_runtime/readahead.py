@@ -1,36 +1,64 @@
-"""Pull the weight files into the page cache while Python is busy importing torch and diffusers.
+"""Read the weight files while Python is busy importing torch and diffusers, hashing them on the way.
 
 A cold worker spends seconds in imports (CPU-bound, one core) and seconds reading weights
-(I/O-bound: a network volume gives 200-400 MB/s). Done one after the other they add up; a
-background thread reading the files while the main thread imports makes them overlap, so the
-loader and the first inference find the bytes already in memory.
+(I/O-bound: a network volume gives 200-400 MB/s). Background threads reading the files while the
+main thread imports make the two overlap, and since the bytes pass through memory anyway, each
+file's sha256 is checked against the manifest in the same pass: every weight byte is verified
+for the price of the hashing CPU, on cores the import thread does not use.
 
-The reads use `sendfile` into /dev/null: the kernel fills the page cache without copying into
-Python, which costs a few percent of a core instead of a full memcpy of every weight (it matters
-on small CPU boxes where the import thread needs the other core). Filesystems that refuse
-sendfile fall back to plain reads. Errors never stop the worker: the loader reads the files anyway
-and reports a real problem with the file name.
+Three ways to read, chosen by the caller:
+- no hashing, page cache only: `sendfile` into /dev/null, so the kernel fills the page cache
+  without a copy into Python (a few percent of a core);
+- hashing: 16 MiB `pread`s into a buffer per thread, hashed (hashlib releases the GIL), files in
+  parallel on `threads` threads;
+- `keep=True` (network storage, see storage.py): each file read into one buffer of its own by
+  several threads in 32 MiB `preadv` chunks at once, then hashed from memory; the loader builds
+  its tensors on those buffers instead of faulting pages in through a memory map.
+
+Read errors never stop the worker on their own (the loader reads the files anyway and names a
+real problem); a hash that does not match, or a file the hashing could not read, does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from worker_runtime.errors import StartError
+
 _CHUNK = 64 * 1024 * 1024
+HASH_CHUNK = 16 * 1024 * 1024
+KEEP_CHUNK = 32 * 1024 * 1024
+KEEP_THREADS = 8
 
 
 class Readahead:
-    """A daemon thread reading `paths` in order; `bytes_read`/`seconds` say how far it got."""
+    """Threads reading `paths`; `bytes_read`/`seconds` say how far they got, `check()` the verdict."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        expected: Mapping[Path, str] | None = None,
+        threads: int = 1,
+        keep: bool = False,
+    ) -> None:
+        # Largest first: the long files start early and the short ones fill in around them.
+        self.paths = sorted(paths, key=lambda p: -_size(p))
+        self.expected = dict(expected or {})
+        self.threads = max(1, threads)
+        self.keep = keep
+        self.buffers: dict[Path, bytearray] = {}
         self.bytes_read = 0
         self.seconds = 0.0
         self.error: str | None = None
+        self.hash_seconds = 0.0
+        self._mismatch: str | None = None
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="readahead", daemon=True)
 
     def start(self) -> Readahead:
@@ -41,18 +69,113 @@ class Readahead:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def check(self) -> None:
+        """Wait for the hashes; StartError naming the first file whose bytes are not the manifest's."""
+        if not self.expected:
+            return
+        self.join()
+        if self._mismatch:
+            raise StartError(self._mismatch)
+
     def _run(self) -> None:
         started = time.perf_counter()
         try:
-            # Tell the kernel about every file first, so a device with deep queues can start on all.
             for path in self.paths:
                 _advise(path)
-            for path in self.paths:
-                self.bytes_read += _read_into_cache(path)
+            if self.keep:
+                self._read_kept()
+            else:
+                with ThreadPoolExecutor(self.threads, thread_name_prefix="readahead") as pool:
+                    for done in [pool.submit(self._read_one, p) for p in self.paths]:
+                        done.result()
         except OSError as exc:
-            self.error = f"{exc.filename or ''}: {exc.strerror or exc}"
+            self._fail_read(exc)
         finally:
             self.seconds = time.perf_counter() - started
+
+    def _fail_read(self, exc: OSError) -> None:
+        with self._lock:
+            self.error = self.error or f"{exc.filename or ''}: {exc.strerror or exc}"
+            if self.expected and self._mismatch is None:
+                self._mismatch = (
+                    f"{exc.filename}: could not be read to check its sha256 ({exc.strerror or exc})"
+                )
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+    def _read_one(self, path: Path) -> None:
+        try:
+            want = self.expected.get(path)
+            if want is None:
+                self._count(_read_into_cache(path))
+                return
+            digest = hashlib.sha256()
+            buf = memoryview(bytearray(HASH_CHUNK))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                offset = 0
+                while n := os.preadv(fd, [buf], offset):
+                    digest.update(buf[:n])
+                    offset += n
+                    self._count(n)
+            finally:
+                os.close(fd)
+            self._verdict(path, digest.hexdigest(), want)
+        except OSError as exc:
+            self._fail_read(exc)
+
+    def _verdict(self, path: Path, got: str, want: str) -> None:
+        if got != want:
+            with self._lock:
+                self._mismatch = self._mismatch or f"{path}: sha256 {got[:16]}… does not match the manifest"
+
+    def _read_kept(self) -> None:
+        """Every file into its own buffer, many chunks in flight at once, then hashed from memory."""
+        jobs: list[tuple[Path, int, int]] = []
+        for path in self.paths:
+            size = _size(path)
+            self.buffers[path] = bytearray(size)
+            jobs += [(path, off, min(KEEP_CHUNK, size - off)) for off in range(0, size, KEEP_CHUNK)]
+        fds = {path: os.open(path, os.O_RDONLY) for path in self.paths}
+        try:
+            with ThreadPoolExecutor(max(self.threads, KEEP_THREADS), thread_name_prefix="load") as pool:
+                reads: list[Future[None]] = [
+                    pool.submit(self._read_chunk, fds[p], p, o, n) for p, o, n in jobs
+                ]
+                for read in reads:
+                    read.result()
+                hashes = [pool.submit(self._hash_kept, p) for p in self.paths if p in self.expected]
+                for hashed in hashes:
+                    hashed.result()
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _read_chunk(self, fd: int, path: Path, offset: int, length: int) -> None:
+        view = memoryview(self.buffers[path])[offset : offset + length]
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise OSError(0, f"file ended at {offset + done} bytes", str(path))
+            done += n
+        self._count(length)
+
+    def _hash_kept(self, path: Path) -> None:
+        started = time.perf_counter()
+        got = hashlib.sha256(self.buffers[path]).hexdigest()
+        with self._lock:
+            self.hash_seconds += time.perf_counter() - started
+        self._verdict(path, got, self.expected[path])
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _advise(path: Path) -> None:
@@ -94,12 +217,22 @@ def _sendfile_to_null(fd: int, size: int) -> int:
 def _plain_read(fd: int) -> int:
     buf = memoryview(bytearray(8 * 1024 * 1024))
     total = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            total += n
+    offset = 0
+    while n := os.preadv(fd, [buf], offset):
+        total += n
+        offset += n
     return total
 
 
-def start(paths: Sequence[Path]) -> Readahead:
-    return Readahead(paths).start()
+def hash_threads() -> int:
+    """Hashing threads beside the import thread: every core but the one the imports run on."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def start(
+    paths: Sequence[Path],
+    expected: Mapping[Path, str] | None = None,
+    threads: int | None = None,
+    keep: bool = False,
+) -> Readahead:
+    return Readahead(paths, expected, threads or hash_threads(), keep).start()

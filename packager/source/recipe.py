@@ -177,8 +177,9 @@ class Worker(_Strict):
     defaults: WorkerDefaults = WorkerDefaults()
     limits: WorkerLimits = WorkerLimits()
     warmup: bool = False
-    # Hash every weight file at start (slow); the default checks presence and sizes.
-    verify_hashes: bool = False
+    # Check the sha256 of every weight byte at start, while the imports run (WORKER_VERIFY_HASHES=0
+    # turns it off on an endpoint).
+    verify_hashes: bool = True
 
 
 CudaVersion = Annotated[str, AfterValidator(limits.check_cuda)]
