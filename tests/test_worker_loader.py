@@ -4,6 +4,7 @@ giving exactly the state dicts `from_pretrained` gives, and the choice between t
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,47 @@ def test_the_loader_is_chosen_by_filesystem_type_not_path(tmp_path: Path, monkey
     assert storage.choose(tmp_path) == "parallel" and storage.fs_name(tmp_path) == "fuse"
     monkeypatch.setattr(storage, "fs_magic", lambda path: 0xEF53)
     assert storage.choose(tmp_path) == "mmap" and storage.fs_name(tmp_path) == "local(0xef53)"
+
+
+@pytest.fixture
+def volume(artifacts: dict[str, Path], tmp_path: Path) -> Any:
+    """The fp16 artifact on a slow FUSE volume (2 ms, 100 MB/s a handle, 400 MB/s in all)."""
+    from tests.rig.slowfs import mounted
+
+    with mounted(artifacts["fp16"].parent, tmp_path / "volume") as mount:
+        yield mount / "fp16"
+    assert not os.path.ismount(tmp_path / "volume")
+
+
+def test_on_a_fuse_volume_the_parallel_loader_is_chosen_and_loads_what_from_pretrained_loads(
+    volume: Path, artifacts: dict[str, Path]
+) -> None:
+    assert storage.fs_name(volume) == "fuse" and storage.choose(volume) == "parallel"
+    from worker_runtime import imports, load
+    from worker_runtime import manifest as mf
+
+    torch = imports.import_torch()
+    manifest = mf.load(volume)
+    cls = imports.import_pipeline_class(manifest.pipeline)
+    local = load.load_pipeline(cls, torch, artifacts["fp16"], manifest, "cpu")
+    expected = weights(volume)
+    reader = readahead.start(sorted(expected), expected, keep=storage.choose(volume) == "parallel")
+    reader.check()
+    assert reader.bytes_read == sum(p.stat().st_size for p in expected)
+    from_volume = load.load_pipeline(cls, torch, volume, manifest, "cpu", reader)
+    assert_same_models(local.pipe, from_volume.pipe)
+
+
+def test_the_worker_serves_from_a_fuse_volume_with_the_same_image(
+    volume: Path, artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.rig.worker import run_test_input
+
+    job = {"input": {"prompt": "a lantern", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 9}}
+    pngs = []
+    for name, model in (("local", artifacts["fp16"]), ("volume", volume)):
+        saved = tmp_path / f"saved-{name}"
+        proc = run_test_input(model, job, tmp_path / f"run-{name}", WORKER_SAVE_DIR=str(saved))
+        assert proc.returncode == 0, name + proc.stdout[-3000:] + proc.stderr[-2000:]
+        pngs.append((saved / "local_test.png").read_bytes())
+    assert pngs[0] == pngs[1]
