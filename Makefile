@@ -11,7 +11,7 @@ MODE ?=
 MODE_FLAG := $(if $(MODE),--mode $(MODE),)
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-e2e test-gpu lint fmt package package-all serve smoke bench clean
+.PHONY: setup demo test test-e2e test-gpu bench-gpu lint fmt package package-all serve smoke bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ test-e2e: setup
 # The GPU tier: run on a machine with CUDA (not part of CI, which has no GPU).
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests/test_worker_gpu.py
+
+# On a GPU machine: the GPU tier, then the cold-start benchmarks at fp16 and bf16, local disk and the
+# simulated network volume (needs FUSE: bash .ci/fuse-setup.sh); results in bench/results/*cuda*.json.
+bench-gpu: test-gpu
+	bash .ci/fuse-setup.sh
+	$(PY) bench/coldstart.py --device cuda --precision fp16 --cache warm
+	$(PY) bench/coldstart.py --device cuda --precision bf16 --cache warm --variants worker,naive
+	$(PY) bench/coldstart.py --device cuda --precision fp16 --storage volume-sim
 
 # Style, formatting, strict types, the import layers (pyproject's importlinter contracts) and the
 # rendered Dockerfiles. `make fmt` fixes what can be fixed by machine.

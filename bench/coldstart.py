@@ -3,8 +3,11 @@
 Every run is a fresh `python` process (interpreter start-up and imports included, as on RunPod);
 variants run interleaved, several times each, and the table reports medians.
 
-  worker          python -m worker_runtime --test_input JOB on the packaged artifact (safetensors)
-  worker-no-ra    the same with the weight readahead thread off (what readahead buys)
+  worker          python -m worker_runtime --test_input JOB on the packaged artifact (safetensors):
+                  trimmed imports, every weight byte's sha256 checked while reading (the defaults)
+  worker-noverify the same with WORKER_VERIFY_HASHES=0 (what the hash check costs)
+  worker-untrimmed the same with WORKER_TRIM_IMPORTS=0 (what the lazy torch._dynamo buys)
+  worker-no-ra    no readahead and no hash check (what readahead buys)
   naive           the RunPod guide's handler: module-level
                   StableDiffusionPipeline.from_pretrained(<original fp32 .bin folder>), then
                   runpod.serverless.start; same device and dtype, same job
@@ -13,7 +16,7 @@ variants run interleaved, several times each, and the table reports medians.
   floor-read      import torch + read the weight bytes
   import-*        one import each in a bare process: torch, the pipeline class, diffusers'
                   DiffusionPipeline (auto-resolution), runpod, runpod with the worker's cpuinfo
-                  shortcut
+                  shortcut, torch + the pipeline class as the worker imports them (trimmed)
 
 ready = the runpod SDK's "--- Starting Serverless Worker" line (model loaded, handler about to
 run); first response = the SDK's "completed successfully" line for the job. Both are timestamped
@@ -28,7 +31,12 @@ Cache states: "warm" (weights in the page cache, the second start on a machine) 
 weight files evicted with POSIX_FADV_DONTNEED before each run, as after an image pull; Python's own
 files stay cached either way).
 
-  python bench/coldstart.py [--tiny] [--runs N] [--device cpu|cuda] [--cache warm|cold|both]
+`--storage volume-sim` measures the load alone from a simulated network volume instead (see
+bench/volume_sim.py): the naive mmap load, the worker's parallel loader, and the rig's ceiling.
+
+  python bench/coldstart.py [--tiny] [--runs N] [--device cpu|cuda] [--precision fp16|bf16|fp32]
+                            [--cache warm|cold|both] [--storage local|volume-sim]
+Results: bench/results/coldstart[-tiny][-cuda-<precision>][-volume-sim].json
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench import volume_sim  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "coldstart.json"
 READY_MARK = "--- Starting Serverless Worker"
@@ -177,10 +187,9 @@ def _commands(setup: Setup, variant: str) -> tuple[list[str], dict[str, str], st
     py = sys.executable
     job = json.dumps({"input": setup.job})
     dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[setup.precision]
-    if variant in ("worker", "worker-no-ra"):
+    if variant.startswith("worker"):
         env = _child_env(setup, MODEL_DIR=str(setup.artifact), WORKER_DEVICE=setup.device)
-        if variant == "worker-no-ra":
-            env["WORKER_READAHEAD"] = "0"
+        env.update(WORKER_SWITCHES[variant])
         return [py, "-m", "worker_runtime", "--test_input", job], env, ANSWER_MARK
     if variant == "naive":
         env = _child_env(setup, BENCH_MODEL=str(setup.source), BENCH_DEVICE=setup.device, BENCH_DTYPE=dtype)
@@ -198,6 +207,10 @@ def _commands(setup: Setup, variant: str) -> tuple[list[str], dict[str, str], st
         "import-auto": "import diffusers; diffusers.DiffusionPipeline",
         "import-runpod": "import runpod",
         "import-runpod-fast": "from worker_runtime import imports; imports.import_runpod()",
+        "import-pipeline-trimmed": (
+            f"from worker_runtime import imports; imports.import_torch(); "
+            f"imports.import_pipeline_class({setup.pipeline!r})"
+        ),
     }
     code = imports[variant] + f"; print({FLOOR_MARK!r}, flush=True)"
     return [py, "-c", code], _child_env(setup), FLOOR_MARK
@@ -348,8 +361,16 @@ def _print_table(cache: str, table: dict[str, dict[str, Any]], targets: dict[str
         print(f"  {key}: {shown}")
 
 
+WORKER_SWITCHES: dict[str, dict[str, str]] = {
+    "worker": {},
+    "worker-noverify": {"WORKER_VERIFY_HASHES": "0"},
+    "worker-untrimmed": {"WORKER_TRIM_IMPORTS": "0"},
+    "worker-no-ra": {"WORKER_READAHEAD": "0", "WORKER_VERIFY_HASHES": "0"},
+}
 VARIANTS = (
     "worker",
+    "worker-noverify",
+    "worker-untrimmed",
     "worker-no-ra",
     "naive",
     "floor",
@@ -359,9 +380,10 @@ VARIANTS = (
     "import-auto",
     "import-runpod",
     "import-runpod-fast",
+    "import-pipeline-trimmed",
 )
 # Variants whose figures depend on the page cache; the bare imports are run warm only.
-CACHE_SENSITIVE = ("worker", "worker-no-ra", "naive", "floor", "floor-read")
+CACHE_SENSITIVE = (*WORKER_SWITCHES, "naive", "floor", "floor-read")
 
 
 def main(argv: list[str]) -> int:
@@ -378,7 +400,8 @@ def main(argv: list[str]) -> int:
         help="artifact and naive dtype (default: fp32 on cpu, fp16 on cuda)",
     )
     parser.add_argument("--cache", choices=("warm", "cold", "both"), default="both")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--storage", choices=("local", "volume-sim"), default="local")
     parser.add_argument(
         "--steps", type=int, default=None, help="inference steps of the first request (cpu 1, cuda 20)"
     )
@@ -387,7 +410,9 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
 
-    precision = args.precision or ("fp32" if args.device == "cpu" else "fp16")
+    # A volume artifact is packaged for a GPU (fp16); on a CPU the worker casts it to fp32 as it loads.
+    local_default = "fp32" if args.device == "cpu" else "fp16"
+    precision = args.precision or (local_default if args.storage == "local" else "fp16")
     # On a CPU the first request is kept minimal: inference is the same work for every variant
     # and would drown the start-up differences being measured.
     size = args.size or (64 if args.device == "cpu" else 512)
@@ -400,10 +425,20 @@ def main(argv: list[str]) -> int:
         "seed": 1,
     }
     setup = _prepare(args.tiny, args.device, precision, job)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    known = VARIANTS if args.storage == "local" else volume_sim.VARIANTS
+    variants = [v for v in (args.variants or ",".join(known)).split(",") if v]
+    unknown = sorted(set(variants) - set(known))
     if unknown:
-        raise SystemExit(f"unknown variants: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        raise SystemExit(f"unknown variants: {', '.join(unknown)} (known: {', '.join(known)})")
+    out = _results_path(args.tiny, args.device, precision, args.storage)
+    if args.storage == "volume-sim":
+        work = setup.artifact.parent / "volume-sim"
+        data = volume_sim.run(setup.artifact, args.device, args.runs, variants, work)
+        data.update(bench="coldstart-volume-sim", machine=_machine(), model=setup.name, device=args.device)
+        data.update(precision=precision, cpus=os.cpu_count(), runs=args.runs)
+        out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        print(f"\nresults: {out}")
+        return 0
     all_weights = _weights(setup.source) + _weights(setup.artifact)
     caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
     results: dict[str, Any] = {}
@@ -446,11 +481,20 @@ def main(argv: list[str]) -> int:
         "weights_bytes": weights_bytes,
         "results": results,
     }
-    out = RESULTS if not args.tiny else RESULTS.with_name("coldstart-tiny.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(f"\nresults: {out}")
     return 0
+
+
+def _results_path(tiny: bool, device: str, precision: str, storage: str) -> Path:
+    """coldstart.json for the CPU default (what `packager plan` reads), else a name per setting."""
+    name = "coldstart" + ("-tiny" if tiny else "")
+    if device != "cpu" or precision != "fp32":
+        name += f"-{device}-{precision}"
+    if storage != "local":
+        name += f"-{storage}"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    return RESULTS.with_name(name + ".json")
 
 
 def _machine() -> str:

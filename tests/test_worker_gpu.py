@@ -1,4 +1,5 @@
-"""The worker on a GPU: the artifact loads straight onto CUDA and answers (runs where CUDA exists)."""
+"""The worker on a GPU: the artifact loads straight onto CUDA in its own precision (fp32, fp16, bf16),
+through memory maps and through the parallel in-memory loader, and answers (runs where CUDA exists)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,36 @@ def cuda() -> None:
         pytest.fail("needs CUDA: `make test-gpu` runs this tier on a machine with an NVIDIA GPU")
 
 
-def test_the_worker_serves_from_the_gpu(cuda: None, tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("gpu")
-    artifact_dir, artifact_id = make_artifact(tiny_source(root / "source"), root / "artifact")
-    worker = start_worker(artifact_dir, root / "logs")
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_source(tmp_path_factory.mktemp("gpu") / "source")
+
+
+def artifact_at(source: Path, root: Path, precision: str) -> tuple[Path, str]:
+    if precision == "fp32":
+        return make_artifact(source, root / "fp32")
+    from packager.convert import ConvertSettings, convert
+    from packager.lock import select_local
+
+    drop = ("feature_extractor", "safety_checker")
+    manifest = convert(
+        source,
+        list(select_local(source, drop)),
+        root / precision,
+        name="tiny",
+        settings=ConvertSettings(precision=precision, drop=drop),  # type: ignore[arg-type]
+        source_info={"kind": "path"},
+    )
+    return root / precision, manifest.artifact_id
+
+
+@pytest.mark.parametrize("loader", ["mmap", "parallel"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_the_worker_serves_from_the_gpu(
+    cuda: None, source: Path, tmp_path: Path, precision: str, loader: str
+) -> None:
+    artifact_dir, artifact_id = artifact_at(source, tmp_path, precision)
+    worker = start_worker(artifact_dir, tmp_path / "logs", WORKER_LOADER=loader)
     try:
         ask = {"prompt": "a lighthouse", "width": 128, "height": 64, "num_inference_steps": 2, "seed": 5}
         job = worker.runsync(ask)
@@ -31,9 +58,20 @@ def test_the_worker_serves_from_the_gpu(cuda: None, tmp_path_factory: pytest.Tem
         out = job["output"]
         assert out["$meta"]["device"] == "cuda"
         assert out["$meta"]["artifact_id"] == artifact_id
+        assert out["$meta"]["precision"] == precision
         assert decode_png(out["image_base64"]).size == (128, 64)
         again = worker.runsync(ask)["output"]
         assert again["image_base64"] == out["image_base64"]
     finally:
         worker.stop()
-    assert "cuda fp32" in Path(worker.log_path).read_text()
+    assert f"cuda {precision}" in Path(worker.log_path).read_text()
+
+
+def test_the_in_memory_loader_gives_from_pretrained_state_dicts_on_cuda(
+    cuda: None, source: Path, tmp_path: Path
+) -> None:
+    from tests.test_worker_loader import assert_same_models, load_both
+
+    for precision in ("fp16", "bf16"):
+        mapped, in_memory = load_both(artifact_at(source, tmp_path, precision)[0], device="cuda")
+        assert_same_models(mapped.pipe, in_memory.pipe)
