@@ -37,7 +37,7 @@ def test_worker_config_written_by_the_packager_is_read_by_the_worker(tmp_path: P
     loaded = load_recipe(path)
     parsed = parse_worker_config(worker_config(loaded))
     assert parsed.warmup is True
-    assert parsed.verify_hashes is False
+    assert parsed.verify_hashes is True
     assert parsed.defaults == Defaults(
         num_inference_steps=30,
         guidance_scale=5.0,

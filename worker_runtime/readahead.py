@@ -138,29 +138,28 @@ class Readahead:
             size = _size(path)
             self.buffers[path] = bytearray(size)
             jobs += [(path, off, min(KEEP_CHUNK, size - off)) for off in range(0, size, KEEP_CHUNK)]
-        fds = {path: os.open(path, os.O_RDONLY) for path in self.paths}
-        try:
-            with ThreadPoolExecutor(max(self.threads, KEEP_THREADS), thread_name_prefix="load") as pool:
-                reads: list[Future[None]] = [
-                    pool.submit(self._read_chunk, fds[p], p, o, n) for p, o, n in jobs
-                ]
-                for read in reads:
-                    read.result()
-                hashes = [pool.submit(self._hash_kept, p) for p in self.paths if p in self.expected]
-                for hashed in hashes:
-                    hashed.result()
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+        with ThreadPoolExecutor(max(self.threads, KEEP_THREADS), thread_name_prefix="load") as pool:
+            reads: list[Future[None]] = [pool.submit(self._read_chunk, p, o, n) for p, o, n in jobs]
+            for read in reads:
+                read.result()
+            hashes = [pool.submit(self._hash_kept, p) for p in self.paths if p in self.expected]
+            for hashed in hashes:
+                hashed.result()
 
-    def _read_chunk(self, fd: int, path: Path, offset: int, length: int) -> None:
+    def _read_chunk(self, path: Path, offset: int, length: int) -> None:
+        # A handle of its own for every chunk: network filesystems cap each open file's stream, and
+        # the volume's bandwidth is only reached with several streams at once.
         view = memoryview(self.buffers[path])[offset : offset + length]
-        done = 0
-        while done < length:
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise OSError(0, f"file ended at {offset + done} bytes", str(path))
-            done += n
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < length:
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise OSError(0, f"file ended at {offset + done} bytes", str(path))
+                done += n
+        finally:
+            os.close(fd)
         self._count(length)
 
     def _hash_kept(self, path: Path) -> None:
