@@ -46,12 +46,11 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import volume_sim  # noqa: E402
+from bench.coldstart_report import Run, machine, print_table, summarise, targets  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "coldstart.json"
 READY_MARK = "--- Starting Serverless Worker"
@@ -71,8 +71,6 @@ BREAKDOWN_RE = re.compile(
 )
 # Targets from the issue (CPU): ready within a second of the floor and at least twice as fast as the
 # naive handler; with the tiny model, the first response within a second of the floor.
-TARGET_MARGIN_S = 1.0
-TARGET_SPEEDUP = 2.0
 RUN_TIMEOUT_S = 900
 
 NAIVE_HANDLER = '''\
@@ -121,14 +119,6 @@ for path in sys.argv[1:]:
             pass
 print("floor done", flush=True)
 """
-
-
-@dataclass
-class Run:
-    wall_s: float
-    cpu_s: float = 0.0  # user + system seconds of the child: robust to a busy machine, unlike wall time
-    marks: dict[str, float] = field(default_factory=dict)
-    breakdown: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -303,64 +293,6 @@ def _prepare(tiny: bool, device: str, precision: str, job: dict[str, Any]) -> Se
     return Setup(name, source, artifact, pipeline, device, precision, job, handler)
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _summarise(runs: list[Run]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "wall_s": _median([r.wall_s for r in runs]),
-        "cpu_s": _median([r.cpu_s for r in runs]),
-    }
-    for key in ("ready_s", "first_response_s", "done_s"):
-        values = [r.marks[key] for r in runs if key in r.marks]
-        if values:
-            out[key] = _median(values)
-            out[key + "_all"] = [round(v, 3) for v in values]
-    for key in ("import_s", "load_s", "warmup_s", "total_s"):
-        values = [r.breakdown[key] for r in runs if key in r.breakdown]
-        if values:
-            out["self_" + key] = _median(values)
-    return out
-
-
-def _targets(table: dict[str, dict[str, Any]], tiny: bool) -> dict[str, Any]:
-    floor = table.get("floor", {}).get("done_s")
-    worker = table.get("worker", {})
-    naive = table.get("naive", {})
-    out: dict[str, Any] = {"floor_s": floor}
-    if floor is not None and "ready_s" in worker:
-        out["ready_minus_floor_s"] = worker["ready_s"] - floor
-        out["ready_within_floor_plus_1s"] = worker["ready_s"] <= floor + TARGET_MARGIN_S
-    if "ready_s" in naive and "ready_s" in worker:
-        out["speedup_ready_vs_naive"] = naive["ready_s"] / worker["ready_s"]
-        out["ready_2x_faster_than_naive"] = out["speedup_ready_vs_naive"] >= TARGET_SPEEDUP
-    if "first_response_s" in naive and "first_response_s" in worker:
-        out["speedup_first_response_vs_naive"] = naive["first_response_s"] / worker["first_response_s"]
-    if tiny and floor is not None and "first_response_s" in worker:
-        out["first_response_minus_floor_s"] = worker["first_response_s"] - floor
-        out["first_response_within_floor_plus_1s"] = worker["first_response_s"] <= floor + TARGET_MARGIN_S
-    return out
-
-
-def _print_table(cache: str, table: dict[str, dict[str, Any]], targets: dict[str, Any]) -> None:
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    print(f"\ncache: {cache}")
-    head = f"{'variant':<20} {'ready s':>8} {'1st resp s':>11} {'done s':>7} {'CPU s':>6}"
-    print(f"{head} {'self import/load s':>19}")
-    for variant, row in table.items():
-        self_split = f"{row['self_import_s']:.2f}/{row['self_load_s']:.2f}" if "self_import_s" in row else "-"
-        print(
-            f"{variant:<20} {cell(row.get('ready_s')):>8} {cell(row.get('first_response_s')):>11} "
-            f"{cell(row.get('done_s')):>7} {cell(row.get('cpu_s')):>6} {self_split:>19}"
-        )
-    for key, value in targets.items():
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        print(f"  {key}: {shown}")
-
-
 WORKER_SWITCHES: dict[str, dict[str, str]] = {
     "worker": {},
     "worker-noverify": {"WORKER_VERIFY_HASHES": "0"},
@@ -434,7 +366,7 @@ def main(argv: list[str]) -> int:
     if args.storage == "volume-sim":
         work = setup.artifact.parent / "volume-sim"
         data = volume_sim.run(setup.artifact, args.device, args.runs, variants, work)
-        data.update(bench="coldstart-volume-sim", machine=_machine(), model=setup.name, device=args.device)
+        data.update(bench="coldstart-volume-sim", machine=machine(), model=setup.name, device=args.device)
         data.update(precision=precision, cpus=os.cpu_count(), runs=args.runs)
         out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         print(f"\nresults: {out}")
@@ -455,10 +387,10 @@ def main(argv: list[str]) -> int:
                 raw[variant].append(run)
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in run.marks.items())
                 print(f"  [{cache}] run {i + 1}/{args.runs} {variant}: {shown}", file=sys.stderr)
-        table = {v: _summarise(rs) for v, rs in raw.items()}
-        targets = _targets(table, args.tiny)
-        _print_table(cache, table, targets)
-        results[cache] = {"medians": table, "targets": targets}
+        table = {v: summarise(rs) for v, rs in raw.items()}
+        goals = targets(table, args.tiny)
+        print_table(cache, table, goals)
+        results[cache] = {"medians": table, "targets": goals}
 
     weights_bytes = sum(p.stat().st_size for p in _weights(setup.artifact))
     # The summary `packager plan` reads (see packager/plan.py BENCH_RESULTS): the worker's own
@@ -467,7 +399,7 @@ def main(argv: list[str]) -> int:
     medians = basis.get("medians", {})
     worker = medians.get("worker", {})
     data = {
-        "machine": _machine(),
+        "machine": machine(),
         "weight_bytes": weights_bytes,
         "worker": {"import_s": worker.get("self_import_s"), "load_s": worker.get("self_load_s")},
         "floor": {"read_s": medians.get("floor-read", {}).get("done_s")},
@@ -495,19 +427,6 @@ def _results_path(tiny: bool, device: str, precision: str, storage: str) -> Path
         name += f"-{storage}"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     return RESULTS.with_name(name + ".json")
-
-
-def _machine() -> str:
-    """A short description of where the figures were measured, e.g. "2-core AMD EPYC 9554 (cpu)"."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {model}"
 
 
 if __name__ == "__main__":

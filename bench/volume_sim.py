@@ -107,12 +107,10 @@ def run(artifact: Path, device: str, runs: int, variants: list[str], work: Path)
                     seconds = _load(variant, mount, device)
             raw[variant].append(seconds)
             print(f"  [volume-sim] run {i + 1}/{runs} {variant}: {seconds:.2f} s", file=sys.stderr)
-    table = {
-        v: {"load_s": statistics.median(xs), "load_s_all": [round(x, 3) for x in xs], "MB_s": 0.0}
-        for v, xs in raw.items()
-    }
-    for row in table.values():
-        row["MB_s"] = total / 1e6 / row["load_s"]
+    table: dict[str, dict[str, Any]] = {}
+    for v, xs in raw.items():
+        median = statistics.median(xs)
+        table[v] = {"load_s": median, "load_s_all": [round(x, 3) for x in xs], "MB_s": total / 1e6 / median}
     targets: dict[str, Any] = {}
     if "worker" in table and "naive-mmap" in table:
         targets["speedup_vs_naive_mmap"] = table["naive-mmap"]["load_s"] / table["worker"]["load_s"]
