@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import sys
@@ -94,6 +95,8 @@ def _stand_in(name: str, known: dict[str, Any]) -> _LazyModule:
     module = _LazyModule(name, "stand-in until first use (worker_runtime.shims)")
     module._known = known
     module._real_name = name
+    # importlib.util.find_spec(name) answers from sys.modules and refuses a module without a spec.
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name == DYNAMO)
     return module
 
 
