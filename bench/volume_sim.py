@@ -4,7 +4,9 @@ volume-sim`).
 The packaged artifact is served by the slow FUSE volume of tests/rig/slowfs.py (defaults: 2 ms per
 open and per 4 MiB extent, 100 MB/s a file handle, 400 MB/s in all: RunPod's documented range),
 mounted afresh before every run so that each run starts with a cold page cache. Each run is a fresh
-process that imports first (not timed), then times the load alone:
+process that imports first (not timed), then times the load alone, in the artifact's precision on
+every device (the figure is about moving bytes, not casting them), up to every page of every
+tensor having been touched:
 
   naive-mmap       the naive handler's load: StableDiffusionPipeline.from_pretrained(<volume>)
                    (safetensors memory maps: the bytes arrive through page faults)
@@ -41,7 +43,9 @@ variant, model, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 manifest = mf.load(model)
 torch = imports.import_torch()
 cls = imports.import_pipeline_class(manifest.pipeline)
-dtype = getattr(torch, load.PRECISION_NAMES[load.precision_for(manifest, device)])
+# The artifact's own precision on every device: the figure is about moving bytes, not casting them.
+load.precision_for = lambda manifest, device: manifest.precision
+dtype = getattr(torch, load.PRECISION_NAMES[manifest.precision])
 start = time.perf_counter()
 if variant == "naive-mmap":
     pipe = cls.from_pretrained(str(model), torch_dtype=dtype).to(device)
@@ -52,7 +56,13 @@ else:
         files = {model / f.path: f.sha256 for f in manifest.weight_files}
         reader = readahead.start(sorted(files), files if variant == "worker" else None, keep=True)
         reader.check()
-    load.load_pipeline(cls, torch, model, manifest, device, reader)
+    pipe = load.load_pipeline(cls, torch, model, manifest, device, reader).pipe
+# One element of every page of every tensor: weights still behind a memory map are read now.
+for part in pipe.components.values():
+    if isinstance(part, torch.nn.Module):
+        for t in [*part.parameters(), *part.buffers()]:
+            if t.numel():
+                t.detach().reshape(-1)[:: max(1, 4096 // t.element_size())].float().sum().item()
 if device.startswith("cuda"):
     torch.cuda.synchronize()
 print(f"load_s {time.perf_counter() - start:.4f}", flush=True)

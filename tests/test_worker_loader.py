@@ -214,3 +214,18 @@ def test_the_worker_serves_from_a_fuse_volume_with_the_same_image(
         assert proc.returncode == 0, name + proc.stdout[-3000:] + proc.stderr[-2000:]
         pngs.append((saved / "local_test.png").read_bytes())
     assert pngs[0] == pngs[1]
+
+
+def test_chunks_arriving_out_of_order_are_hashed_in_file_order(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(readahead, "KEEP_CHUNK", 64 * 1024)
+    files = {}
+    for i, size in enumerate((0, 1, 64 * 1024, 64 * 1024 * 7 + 13)):
+        path = tmp_path / f"w{i}.safetensors"
+        path.write_bytes(os.urandom(size))
+        files[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+    reader = readahead.start(sorted(files), files, threads=8, keep=True)
+    reader.check()
+    assert reader.error is None and all(bytes(reader.buffers[p]) == p.read_bytes() for p in files)
+    wrong = {**files, tmp_path / "w3.safetensors": "0" * 64}
+    with pytest.raises(StartError, match=r"w3\.safetensors: sha256"):
+        readahead.start(sorted(wrong), wrong, threads=8, keep=True).check()

@@ -13,6 +13,7 @@ asynchronous copies on CUDA), `eval()`. The pipeline is then assembled by the pi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from collections.abc import Mapping
@@ -67,6 +68,15 @@ def tensors_from_buffer(torch: Any, buf: bytearray, where: Path) -> dict[str, An
     return out
 
 
+def _no_init_weights() -> Any:
+    """transformers' own switch for skipping weight initialisation (what from_pretrained uses)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _keep_fp32(model: Any, name: str) -> bool:
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     if isinstance(keep, str):
@@ -84,7 +94,8 @@ def build_model(
     with init_empty_weights(include_buffers=False):
         if library == "transformers":
             config = cls.config_class.from_pretrained(folder, local_files_only=True)
-            model = cls._from_config(config, dtype=dtype)
+            with _no_init_weights():  # random init of weights about to be replaced: seconds wasted
+                model = cls._from_config(config, dtype=dtype)
         else:
             model = cls.from_config(cls.load_config(folder, local_files_only=True))
     pin = device.startswith("cuda")

@@ -12,8 +12,9 @@ Three ways to read, chosen by the caller:
 - hashing: 16 MiB `pread`s into a buffer per thread, hashed (hashlib releases the GIL), files in
   parallel on `threads` threads;
 - `keep=True` (network storage, see storage.py): each file read into one buffer of its own by
-  several threads in 32 MiB `preadv` chunks at once, then hashed from memory; the loader builds
-  its tensors on those buffers instead of faulting pages in through a memory map.
+  several threads in 32 MiB `preadv` chunks at once, each chunk hashed as soon as the chunks before
+  it are in; the loader builds its tensors on those buffers instead of faulting pages in through a
+  memory map.
 
 Read errors never stop the worker on their own (the loader reads the files anyway and names a
 real problem); a hash that does not match, or a file the hashing could not read, does.
@@ -58,6 +59,7 @@ class Readahead:
         self.error: str | None = None
         self.hash_seconds = 0.0
         self._mismatch: str | None = None
+        self._hashing: dict[Path, _InOrder] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="readahead", daemon=True)
 
@@ -132,19 +134,19 @@ class Readahead:
                 self._mismatch = self._mismatch or f"{path}: sha256 {got[:16]}… does not match the manifest"
 
     def _read_kept(self) -> None:
-        """Every file into its own buffer, many chunks in flight at once, then hashed from memory."""
+        """Every file into its own buffer, many chunks in flight at once, hashed as they arrive."""
         jobs: list[tuple[Path, int, int]] = []
         for path in self.paths:
             size = _size(path)
             self.buffers[path] = bytearray(size)
+            self._hashing[path] = _InOrder(size)
             jobs += [(path, off, min(KEEP_CHUNK, size - off)) for off in range(0, size, KEEP_CHUNK)]
+            if size == 0:
+                self._hash_ready(path)
         with ThreadPoolExecutor(max(self.threads, KEEP_THREADS), thread_name_prefix="load") as pool:
             reads: list[Future[None]] = [pool.submit(self._read_chunk, p, o, n) for p, o, n in jobs]
             for read in reads:
                 read.result()
-            hashes = [pool.submit(self._hash_kept, p) for p in self.paths if p in self.expected]
-            for hashed in hashes:
-                hashed.result()
 
     def _read_chunk(self, path: Path, offset: int, length: int) -> None:
         # A handle of its own for every chunk: network filesystems cap each open file's stream, and
@@ -161,13 +163,51 @@ class Readahead:
         finally:
             os.close(fd)
         self._count(length)
+        state = self._hashing[path]
+        with state.lock:
+            state.arrived.add(offset)
+        self._hash_ready(path)
 
-    def _hash_kept(self, path: Path) -> None:
+    def _hash_ready(self, path: Path) -> None:
+        """Hash the file's chunks that have arrived in order; one thread a file does it at a time."""
+        if path not in self.expected:
+            return
+        state = self._hashing[path]
+        view = memoryview(self.buffers[path])
+        with state.lock:
+            if state.busy:
+                return  # the thread hashing this file will find the new chunk
+            state.busy = True
         started = time.perf_counter()
-        got = hashlib.sha256(self.buffers[path]).hexdigest()
+        while True:
+            with state.lock:
+                if state.next >= state.size or state.next not in state.arrived:
+                    state.busy = False
+                    finished = state.next >= state.size and not state.reported
+                    state.reported = state.reported or finished
+                    break
+                offset = state.next
+            end = min(offset + KEEP_CHUNK, state.size)
+            state.digest.update(view[offset:end])
+            with state.lock:
+                state.next = end
         with self._lock:
             self.hash_seconds += time.perf_counter() - started
-        self._verdict(path, got, self.expected[path])
+        if finished:
+            self._verdict(path, state.digest.hexdigest(), self.expected[path])
+
+
+class _InOrder:
+    """A file's sha256 fed chunk by chunk in file order, whichever order the chunks arrive in."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.digest = hashlib.sha256()
+        self.next = 0
+        self.arrived: set[int] = set()
+        self.busy = False
+        self.reported = False
+        self.lock = threading.Lock()
 
 
 def _size(path: Path) -> int:
