@@ -29,8 +29,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def artifact_at(source: Path, root: Path, precision: str) -> tuple[Path, str]:
     if precision == "fp32":
         return make_artifact(source, root / "fp32")
-    from packager.convert import ConvertSettings, convert
-    from packager.lock import select_local
+    from packager.convert.converter import ConvertSettings, convert
+    from packager.source.local_folder import select_local
 
     drop = ("feature_extractor", "safety_checker")
     manifest = convert(

@@ -19,7 +19,8 @@ JOB = {"input": {"prompt": "a lantern", "width": 64, "height": 64, "num_inferenc
 PROBE = r"""
 import json, sys
 from pathlib import Path
-from worker_runtime import imports, load, manifest as mf
+from worker_runtime import imports, load
+from artifact_format import manifest as mf
 model = Path(sys.argv[1])
 out = {}
 torch = imports.import_torch()
@@ -61,7 +62,8 @@ def probe(artifact: Path, **env: str) -> dict[str, bool]:
         timeout=600,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert lines, proc.stdout[-2000:]
     return dict(json.loads(lines[0][len("PROBE ") :]))
 
 
@@ -69,16 +71,20 @@ def test_dynamo_stays_unloaded_through_a_job_and_compile_works_with_registration
     artifact: Path,
 ) -> None:
     out = probe(artifact)
-    assert out["lazy_after_import"] and out["lazy_after_job"]
+    assert out["lazy_after_import"]
+    assert out["lazy_after_job"]
     assert not out["lazy_after_compile"]
-    assert out["compiled_equal"] and out["is_compiled"]
+    assert out["compiled_equal"]
+    assert out["is_compiled"]
     assert out["attention_allowed_in_graph"]
 
 
 def test_without_the_shim_dynamo_is_imported_and_compile_gives_the_same_answers(artifact: Path) -> None:
     out = probe(artifact, WORKER_TRIM_IMPORTS="0")
-    assert not out["lazy_after_import"] and not out["lazy_after_job"]
-    assert out["compiled_equal"] and out["attention_allowed_in_graph"]
+    assert not out["lazy_after_import"]
+    assert not out["lazy_after_job"]
+    assert out["compiled_equal"]
+    assert out["attention_allowed_in_graph"]
 
 
 def test_images_are_bit_identical_with_and_without_the_trimmed_imports_and_in_memory_loader(
@@ -112,7 +118,8 @@ def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     why, _, rest = proc.stdout.strip().rpartition("\n")[-1].partition(" | ")
-    assert why.startswith("torch ") and "outside (1, 0)..(1, 1)" in why
+    assert why.startswith("torch ")
+    assert "outside (1, 0)..(1, 1)" in why
     assert rest == "module False"
 
 

@@ -23,8 +23,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def artifacts(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny pipeline packaged at each precision the worker serves."""
-    from packager.convert import ConvertSettings, convert
-    from packager.lock import select_local
+    from packager.convert.converter import ConvertSettings, convert
+    from packager.source.local_folder import select_local
 
     root = tmp_path_factory.mktemp("artifacts")
     out = {"fp32": make_artifact(source, root / "fp32")[0]}
@@ -43,15 +43,15 @@ def artifacts(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def weights(artifact: Path) -> dict[Path, str]:
-    from worker_runtime import manifest as mf
+    from artifact_format import manifest as mf
 
     return {artifact / f.path: f.sha256 for f in mf.load(artifact).weight_files}
 
 
 def load_both(artifact: Path, device: str = "cpu") -> tuple[Any, Any]:
     """(from_pretrained through memory maps, built from parallel in-memory reads)."""
+    from artifact_format import manifest as mf
     from worker_runtime import imports, load
-    from worker_runtime import manifest as mf
 
     torch = imports.import_torch()
     manifest = mf.load(artifact)
@@ -76,7 +76,8 @@ def assert_same_models(mapped: Any, in_memory: Any) -> None:
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys(), name
         for key in sa:
-            assert sa[key].dtype == sb[key].dtype and sa[key].device == sb[key].device, f"{name}.{key}"
+            assert sa[key].dtype == sb[key].dtype, f"{name}.{key}"
+            assert sa[key].device == sb[key].device, f"{name}.{key}"
             assert torch.equal(sa[key], sb[key]), f"{name}.{key}"
         buffers_a, buffers_b = dict(a.named_buffers()), dict(b.named_buffers())
         assert buffers_a.keys() == buffers_b.keys(), name
@@ -123,7 +124,8 @@ def test_tensors_from_a_buffer_are_views_with_the_files_dtypes_and_shapes(tmp_pa
     want = load_file(str(path))
     assert got.keys() == want.keys()
     for key in want:
-        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+        assert got[key].dtype == want[key].dtype, key
+        assert torch.equal(got[key], want[key]), key
     with pytest.raises(StartError, match="not a safetensors file"):
         tensors_from_buffer(torch, bytearray(b"\x05\0\0\0\0\0\0\0{bad}"), path)
 
@@ -167,9 +169,11 @@ def test_the_loader_is_chosen_by_filesystem_type_not_path(tmp_path: Path, monkey
         storage.choose(tmp_path, "fast")
     monkeypatch.setattr(storage, "fs_magic", lambda path: 0x65735546)
     monkeypatch.delenv("WORKER_LOADER")
-    assert storage.choose(tmp_path) == "parallel" and storage.fs_name(tmp_path) == "fuse"
+    assert storage.choose(tmp_path) == "parallel"
+    assert storage.fs_name(tmp_path) == "fuse"
     monkeypatch.setattr(storage, "fs_magic", lambda path: 0xEF53)
-    assert storage.choose(tmp_path) == "mmap" and storage.fs_name(tmp_path) == "local(0xef53)"
+    assert storage.choose(tmp_path) == "mmap"
+    assert storage.fs_name(tmp_path) == "local(0xef53)"
 
 
 @pytest.fixture
@@ -185,9 +189,10 @@ def volume(artifacts: dict[str, Path], tmp_path: Path) -> Any:
 def test_on_a_fuse_volume_the_parallel_loader_is_chosen_and_loads_what_from_pretrained_loads(
     volume: Path, artifacts: dict[str, Path]
 ) -> None:
-    assert storage.fs_name(volume) == "fuse" and storage.choose(volume) == "parallel"
+    assert storage.fs_name(volume) == "fuse"
+    assert storage.choose(volume) == "parallel"
+    from artifact_format import manifest as mf
     from worker_runtime import imports, load
-    from worker_runtime import manifest as mf
 
     torch = imports.import_torch()
     manifest = mf.load(volume)
@@ -225,7 +230,8 @@ def test_chunks_arriving_out_of_order_are_hashed_in_file_order(tmp_path: Path, m
         files[path] = hashlib.sha256(path.read_bytes()).hexdigest()
     reader = readahead.start(sorted(files), files, threads=8, keep=True)
     reader.check()
-    assert reader.error is None and all(bytes(reader.buffers[p]) == p.read_bytes() for p in files)
+    assert reader.error is None
+    assert all(bytes(reader.buffers[p]) == p.read_bytes() for p in files)
     wrong = {**files, tmp_path / "w3.safetensors": "0" * 64}
     with pytest.raises(StartError, match=r"w3\.safetensors: sha256"):
         readahead.start(sorted(wrong), wrong, threads=8, keep=True).check()

@@ -78,7 +78,8 @@ def test_a_damaged_weight_byte_of_the_right_size_stops_the_start_by_default(
     assert "Starting Serverless Worker" not in proc.stdout
     # The same damage through the in-memory loader of network storage.
     proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run2", WORKER_LOADER="parallel")
-    assert proc.returncode != 0 and f"{path}: sha256" in one_line_error(proc.stderr)
+    assert proc.returncode != 0
+    assert f"{path}: sha256" in one_line_error(proc.stderr)
     # Turned off, nothing reads the hashes: the damaged float loads and the job is answered.
     proc = run_test_input(artifact, SMALL_JOB, tmp_path / "run3", WORKER_VERIFY_HASHES="0")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -230,5 +230,5 @@ def install_lazy_dynamo() -> str | None:
             sys.meta_path.insert(0, _SubmoduleFinder())
         sys.modules[TRACE_WRAPPED] = trace
         dynamo._trace_wrapped_higher_order_op = trace  # type: ignore[attr-defined]
-        torch._dynamo = dynamo  # type: ignore[attr-defined]
+        torch._dynamo = dynamo
     return None
