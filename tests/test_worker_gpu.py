@@ -27,21 +27,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def artifact_at(source: Path, root: Path, precision: str) -> tuple[Path, str]:
-    if precision == "fp32":
-        return make_artifact(source, root / "fp32")
-    from packager.convert.converter import ConvertSettings, convert
-    from packager.source.local_folder import select_local
-
-    drop = ("feature_extractor", "safety_checker")
-    manifest = convert(
-        source,
-        list(select_local(source, drop)),
-        root / precision,
-        name="tiny",
-        settings=ConvertSettings(precision=precision, drop=drop),  # type: ignore[arg-type]
-        source_info={"kind": "path"},
-    )
-    return root / precision, manifest.artifact_id
+    return make_artifact(source, root / precision, precision=precision)
 
 
 @pytest.mark.parametrize("loader", ["mmap", "parallel"])

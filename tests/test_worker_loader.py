@@ -23,23 +23,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def artifacts(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny pipeline packaged at each precision the worker serves."""
-    from packager.convert.converter import ConvertSettings, convert
-    from packager.source.local_folder import select_local
-
     root = tmp_path_factory.mktemp("artifacts")
-    out = {"fp32": make_artifact(source, root / "fp32")[0]}
-    drop = ("feature_extractor", "safety_checker")
-    for precision in ("fp16", "bf16"):
-        convert(
-            source,
-            list(select_local(source, drop)),
-            root / precision,
-            name="tiny",
-            settings=ConvertSettings(precision=precision, drop=drop),  # type: ignore[arg-type]
-            source_info={"kind": "path"},
-        )
-        out[precision] = root / precision
-    return out
+    return {p: make_artifact(source, root / p, precision=p)[0] for p in ("fp32", "fp16", "bf16")}
 
 
 def weights(artifact: Path) -> dict[Path, str]:

@@ -29,9 +29,11 @@ def tiny_recipe(folder: Path, source: Path, name: str = "tiny", extra: str = "")
     return recipe
 
 
-def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path, str]:
-    """The artifact `packager convert` makes of `source` (fp32, the precision a CPU serves in),
-    without the safety checker, at `out_dir`. Returns (artifact_dir, artifact_id); cached."""
+def make_artifact(
+    source: Path, out_dir: Path, name: str = "tiny", precision: str = "fp32"
+) -> tuple[Path, str]:
+    """The artifact `packager convert` makes of `source` (fp32 by default, the precision a CPU serves
+    in), without the safety checker, at `out_dir`. Returns (artifact_dir, artifact_id); cached."""
     from artifact_format import manifest as mf
     from packager.convert.converter import convert
     from packager.convert.settings import ConvertSettings
@@ -45,7 +47,7 @@ def make_artifact(source: Path, out_dir: Path, name: str = "tiny") -> tuple[Path
         list(select_local(source, drop)),
         out_dir,
         name=name,
-        settings=ConvertSettings(precision="fp32", drop=drop),
+        settings=ConvertSettings(precision=precision, drop=drop),  # type: ignore[arg-type]
         source_info={"kind": "path"},
     )
     return out_dir, manifest.artifact_id
