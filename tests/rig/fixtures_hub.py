@@ -73,6 +73,8 @@ def hub_environment(hub_url: str, hf_home: Path) -> dict[str, str]:
         HF_HUB_CACHE=str(hf_home / "hub"),
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
+        # The rig serves uploads through git LFS only; huggingface_hub's own switch keeps it off Xet.
+        HF_HUB_DISABLE_XET="1",
         PYTHONPATH=str(REPO_ROOT),
     )
     return env
@@ -99,6 +101,7 @@ def hub(local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     local_hub.reset_stats()
     return local_hub
 

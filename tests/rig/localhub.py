@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from tests.rig.hub_upload import UploadSide, parse_json, parse_ndjson, read_body
+
 # What `.gitattributes` sends to LFS in a new hub repo (the hub's default template, abridged),
 # plus anything over the hub's 10 MB limit for plain git files.
 LFS_SUFFIXES = (
@@ -115,15 +117,23 @@ class Stats:
 class HubError(Exception):
     """An error answer, shaped like the hub's (status, X-Error-Code, X-Error-Message)."""
 
-    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.body = body or {}
 
 
-class LocalHub:
+class LocalHub(UploadSide):
     """Repos in memory (blobs on disk) served over HTTP on 127.0.0.1 at a free port.
 
     Use as a context manager, or `start()` / `stop()`. `url` is what HF_ENDPOINT should be.
@@ -146,6 +156,7 @@ class LocalHub:
         self._commit_counter = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._init_upload_side()
 
     # ---- server lifecycle -------------------------------------------------------------------------
 
@@ -226,6 +237,15 @@ class LocalHub:
                 files.pop(name, None)
             for name, content in (add or {}).items():
                 files[_check_repo_path(name)] = self.put_blob(content)
+            return self._new_commit(repo_id, branch, files, message)
+
+    def _new_commit(self, repo_id: str, branch: str, files: Mapping[str, Blob], message: str) -> str:
+        """A commit holding exactly `files`, on top of `branch` (which then points at it)."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            parent = repo.branches.get(branch)
+            for name in files:
+                _check_repo_path(name)
             self._commit_counter += 1
             sha = _commit_sha(files, parent, message)
             repo.commits[sha] = Commit(sha, parent, message, dict(files), self._commit_counter)
@@ -505,6 +525,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._dispatch("HEAD")
 
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _body(self) -> bytes:
+        return read_body(self.rfile, self._length(), self._chunked())
+
+    def _length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value else None
+
+    def _chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization", "")
         if not auth:
@@ -523,6 +559,10 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         status = 500
         try:
+            if method in ("POST", "PUT"):
+                status = self._write(method, segments)
+                hub._record(method, self.path, status, None, 0)
+                return
             token = self._token()
             if segments == ["api", "agent-harnesses"] and method == "GET":
                 # huggingface_hub's once-a-day agent registry lookup: an empty registry, like the hub's.
@@ -558,6 +598,40 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             status = 499
         hub._record(method, self.path, status, file_key, sent)
+
+    def _write(self, method: str, segments: list[str]) -> int:
+        """The upload side (tests/rig/hub_upload.py); the body is always read, even to refuse it."""
+        hub = self.local_hub
+        if method == "PUT":
+            if len(segments) != 2 or segments[0] != "lfs-upload":
+                self._body()
+                raise HubError(404, None, "Not found")
+            hub.lfs_receive(segments[1], self.rfile, self._length(), self._chunked())
+            return self._json({})
+        body = self._body()
+        token = self._token()
+        if segments == ["api", "repos", "create"]:
+            return self._json(hub.api_create_repo(token, parse_json(body)))
+        lfs_api = segments[-4:-1] == ["info", "lfs", "objects"]
+        if len(segments) >= 5 and lfs_api and segments[-5].endswith(".git"):
+            repo_id = "/".join(unquote(s) for s in segments[:-4])[: -len(".git")]
+            if segments[-1] == "batch":
+                return self._json(hub.lfs_batch(repo_id, parse_json(body), token))
+            if segments[-1] == "verify":
+                return self._json(hub.lfs_verify(repo_id, parse_json(body), token))
+        if segments[:2] == ["api", "models"] and len(segments) > 3:
+            # `[ns/]name/op/rev`: the revision is one quoted segment, so the length tells them apart.
+            tail = segments[2:]
+            repo_id, rest = "/".join(unquote(s) for s in tail[:-2]), tail[-2:]
+            if rest[0] in _WRITE_KEYWORDS and 1 <= len(tail) - 2 <= 2:
+                revision = unquote(rest[1])
+                if rest[0] == "preupload":
+                    return self._json(hub.preupload(repo_id, revision, parse_json(body), token))
+                if rest[0] == "commit":
+                    return self._json(hub.api_commit(repo_id, revision, parse_ndjson(body), token))
+                if rest[0] == "tag":
+                    return self._json(hub.api_create_tag(repo_id, revision, parse_json(body), token))
+        raise HubError(404, None, "Not found")
 
     def _json(self, data: Any, extra: dict[str, str] | None = None) -> int:
         body = json.dumps(data).encode()
@@ -629,7 +703,7 @@ class _Handler(BaseHTTPRequestHandler):
         return status, sent
 
     def _error(self, method: str, err: HubError) -> None:
-        body = json.dumps({"error": err.message}).encode()
+        body = json.dumps({"error": err.message, **err.body}).encode()
         self.send_response(err.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -642,6 +716,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(body)
+
+
+_WRITE_KEYWORDS = ("preupload", "commit", "tag")
 
 
 def _split_repo(segments: list[str], keywords: tuple[str, ...]) -> tuple[str, list[str]]:
