@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,32 +319,26 @@ def _wants_lfs(path: str, size: int, sample: bytes) -> bool:
     return path.lower().endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE or b"\0" in sample
 
 
-def _body_chunks(body: io.BufferedIOBase, length: int | None, chunked: bool) -> Any:
+def _body_chunks(body: io.BufferedIOBase, length: int | None, chunked: bool) -> Iterator[bytes]:
     """The request body in pieces: Content-Length bytes, or HTTP/1.1 chunked transfer coding."""
     if not chunked:
-        remaining = length or 0
-        while remaining > 0:
-            chunk = body.read(min(_CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
+        yield from _exactly(body, length or 0)
         return
-    while True:
-        size_line = body.readline().strip().split(b";")[0]
-        size = int(size_line or b"0", 16)
-        if size == 0:
-            while body.readline().strip():  # trailers
-                pass
-            return
-        remaining = size
-        while remaining > 0:
-            chunk = body.read(min(_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+    while size := int(body.readline().strip().split(b";")[0] or b"0", 16):
+        yield from _exactly(body, size)
         body.readline()  # the CRLF after each chunk
+    while body.readline().strip():  # trailers
+        pass
+
+
+def _exactly(body: io.BufferedIOBase, size: int) -> Iterator[bytes]:
+    remaining = size
+    while remaining > 0:
+        chunk = body.read(min(_CHUNK, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
+        yield chunk
 
 
 def read_body(body: io.BufferedIOBase, length: int | None, chunked: bool) -> bytes:
