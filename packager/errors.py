@@ -51,6 +51,10 @@ class VolumeError(PackagerError):
     """A RunPod network volume could not be seeded or read."""
 
 
+class PublishError(PackagerError):
+    """The artifact could not be published to its hub repo: token refused, branch moved, tag taken."""
+
+
 class ImageError(PackagerError):
     """Rendering, building or pushing an image failed, or no Docker engine is reachable."""
 

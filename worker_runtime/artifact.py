@@ -3,7 +3,9 @@
 Baked images set MODEL_DIR to the artifact inside the image. Volume-mode endpoints set MODEL_DIR to
 `<mount>/models/<name>/<id>` and ARTIFACT_URI to the artifact's prefix in the store: the first
 worker to start on an empty volume pulls it (volume_sync takes a lock on the volume so that
-concurrent workers download it once) and the others wait for its `.ready` marker.
+concurrent workers download it once) and the others wait for its `.ready` marker. Cached-mode
+images set MODEL_REPO and MODEL_COMMIT instead, and the artifact is RunPod's copy in the HF cache
+(worker_runtime/hf_cache.py).
 
 Everything here is stdlib plus the manifest module, and runs before torch is imported: a broken
 artifact is reported in milliseconds, not after seconds of imports. The sha256 of every weight
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifact_format import manifest as mf
-from worker_runtime import readahead, storage
+from worker_runtime import hf_cache, readahead, storage
 from worker_runtime.config import Settings
 from worker_runtime.errors import StartError
 
@@ -60,8 +62,9 @@ def locate(settings: Settings) -> Located:
 
     Raises StartError with one line naming the directory or the first bad file.
     """
-    model_dir = model_dir_of(settings)
-    on_volume = is_under(model_dir, settings.volume_mount)
+    cached = hf_cache.find(settings)  # RunPod's cached model: read in place, never written
+    model_dir = cached or model_dir_of(settings)
+    on_volume = cached is None and is_under(model_dir, settings.volume_mount)
     pulled_s = 0.0
     if on_volume and not (model_dir / mf.READY_MARKER).is_file():
         if not settings.artifact_uri:

@@ -25,6 +25,8 @@ VOLUME_MOUNTS = ("/runpod-volume", "/workspace")
 # Long enough for a few GB at the rates a RunPod volume's S3 API gives, short enough that a worker
 # stuck behind a dead puller gives up inside the endpoint's execution timeout.
 DEFAULT_PULL_TIMEOUT_S = 600.0
+# Where RunPod's cached models appear: the standard HF cache layout, on the host's local disk.
+DEFAULT_HF_HUB_CACHE = "/runpod-volume/huggingface-cache/hub"
 BUCKET_VARS = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -76,6 +78,10 @@ class Settings:
     save_dir: Path | None
     bucket_name: str | None
     bucket_configured: bool
+    # Cached mode: the hub repo and commit RunPod caches, and the cache it puts them in.
+    model_repo: str | None = None
+    model_commit: str | None = None
+    hf_hub_cache: Path = Path(DEFAULT_HF_HUB_CACHE)
 
 
 def parse_worker_config(text: str | None) -> WorkerConfig:
@@ -181,4 +187,7 @@ def read_settings(env: dict[str, str] | os._Environ[str] = os.environ) -> Settin
         save_dir=Path(env["WORKER_SAVE_DIR"]) if env.get("WORKER_SAVE_DIR", "").strip() else None,
         bucket_name=env.get("BUCKET_NAME", "").strip() or None,
         bucket_configured=all(env.get(name, "").strip() for name in BUCKET_VARS),
+        model_repo=env.get("MODEL_REPO", "").strip() or None,
+        model_commit=env.get("MODEL_COMMIT", "").strip() or None,
+        hf_hub_cache=Path(env.get("HF_HUB_CACHE", "").strip() or DEFAULT_HF_HUB_CACHE),
     )

@@ -29,6 +29,8 @@ _SCRUB_PREFIXES = (
     "BUCKET_",
     "WORKER_",
     "MODEL_DIR",
+    "MODEL_REPO",
+    "MODEL_COMMIT",
     "ARTIFACT_URI",
     "VOLUME_MOUNT",
     "PULL_TIMEOUT",
