@@ -10,7 +10,9 @@ import re
 from collections.abc import Mapping
 from typing import Literal, get_args
 
-Mode = Literal["baked", "volume"]
+# Where a worker finds the weights: baked into its image, on a RunPod network volume, or in the
+# hub cache RunPod's cached models fill on the host's local disk.
+Mode = Literal["baked", "volume", "cached"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 # What a pipeline computes in (the manifest's `precision`).

@@ -104,6 +104,37 @@ def test_cold_start_figures_follow_from_the_manifest_and_the_benchmark(
     assert volume["cold_start_s"] == pytest.approx([fixed + weights / 400e6, fixed + weights / 200e6])
 
 
+def test_cached_mode_is_a_slim_image_read_from_local_disk_and_a_miss_adds_the_repo_download(
+    recipe: Path, artifact: Path, bench: Path
+) -> None:
+    out = plan_json(
+        recipe,
+        "--artifact", str(artifact),
+        "--bench-results", str(bench),
+        "--base-image-bytes", "1000000000",
+        "--hub-bandwidth-mbps", "400",
+    )  # fmt: skip
+
+    manifest = mf.load(artifact)
+    weights = sum(f.size for f in manifest.weight_files)
+    volume, cached = out["modes"]["volume"], out["modes"]["cached"]
+    assert cached["image"]["layers"] == volume["image"]["layers"]  # the same slim image
+    assert cached["read_s"] == pytest.approx([weights / 1000e6] * 2)  # local disk, not the volume
+    repo = sum(f.size for f in manifest.files) + len(manifest.to_bytes())
+    assert cached["miss"]["download_bytes"] == repo
+    assert cached["miss"]["download_s"] == pytest.approx(repo / (400e6 / 8))
+    hit = cached["cold_start_s"][0]
+    assert hit == pytest.approx(cached["pull_s"] + 4.0 + (3.0 - 1.0) * weights / 2e9 + weights / 1000e6)
+    assert cached["miss"]["cold_start_s"] == pytest.approx([hit + repo / (400e6 / 8)] * 2)
+    assert out["assumptions"]["hub_bandwidth_mbps"] == 400
+    assert hit < volume["cold_start_s"][1]
+
+    text = run_plan(recipe, "--artifact", str(artifact), "--bench-results", str(bench)).stdout
+    header = next(line for line in text.splitlines() if line.startswith("cold start "))
+    assert header.split()[2:5] == ["baked", "volume", "cached"]
+    assert "cache miss: hub download" in text and "Mbit/s (assumed), before the worker starts" in text
+
+
 def test_the_table_says_where_each_figure_comes_from(recipe: Path, artifact: Path, bench: Path) -> None:
     result = run_plan(recipe, "--artifact", str(artifact), "--bench-results", str(bench), *PRICES)
 

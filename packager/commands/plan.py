@@ -39,6 +39,13 @@ _positive = click.FloatRange(min=0, min_open=True)
     help="Image pull rate from the registry, in megabits per second (an assumption: measure yours).",
 )
 @click.option(
+    "--hub-bandwidth-mbps",
+    type=_positive,
+    default=planning.DEFAULT_HUB_BANDWIDTH_MBPS,
+    show_default=True,
+    help="Hub → host rate RunPod downloads a cached model at on a cache miss (an assumption).",
+)
+@click.option(
     "--requests-per-day",
     type=click.FloatRange(min=0),
     default=costs.DEFAULT_REQUESTS_PER_DAY,
@@ -92,6 +99,7 @@ def plan(
     recipe_file: str,
     artifact_path: Path | None,
     bandwidth_mbps: float,
+    hub_bandwidth_mbps: float,
     requests_per_day: float,
     seconds_per_request: float,
     gpu_price_serverless: float,
@@ -120,15 +128,22 @@ def plan(
         bandwidth_mbps=bandwidth_mbps,
         base_bytes=base_image_bytes,
         bench_results=bench_results,
+        hub_bandwidth_mbps=hub_bandwidth_mbps,
     )
     model = costs.CostModel(seconds_per_request, gpu_price_serverless, gpu_price_hourly)
     data = _to_json(loaded, manifest, artifact_id, modes, model, requests_per_day, bandwidth_mbps)
+    data["assumptions"]["hub_bandwidth_mbps"] = hub_bandwidth_mbps
     if plot_path is not None:
+        cached = modes["cached"]
         costs.plot(
             model,
             plot_path,
             title=f"{loaded.recipe.name}: monthly cost at {seconds_per_request:g} s/request",
             requests_per_day=requests_per_day or None,
+            cold_starts={
+                **{mode: p.cold_start_s for mode, p in modes.items()},
+                "cached (miss)": cached.cold_start_miss_s,
+            },
         )
         data["plot"] = str(plot_path)
     emit(data, as_json, _text(data, modes))
@@ -195,26 +210,31 @@ def _to_json(
 
 
 def _text(data: dict[str, Any], modes: dict[Mode, planning.ModePlan]) -> str:
-    baked, volume = modes["baked"], modes["volume"]
+    baked, volume, cached = modes["baked"], modes["volume"], modes["cached"]
+    every = (baked, volume, cached)
     lo, hi = planning.VOLUME_READ_MBS
+    a = data["assumptions"]
     rows = [
-        ["image to pull", *(_image_cell(p) for p in (baked, volume)), _image_source(baked, volume)],
-        [
-            "  pull",
-            _secs(baked.pull_s),
-            _secs(volume.pull_s),
-            f"at {data['assumptions']['bandwidth_mbps']:g} Mbit/s",
-        ],
+        ["image to pull", *(_image_cell(p) for p in every), _image_source(*every)],
+        ["  pull", *(_secs(p.pull_s) for p in every), f"at {a['bandwidth_mbps']:g} Mbit/s"],
         [
             "weights read",
-            _span(baked.read_s),
-            _span(volume.read_s),
-            f"{human_bytes(baked.weights_bytes)}: image disk {planning.LOCAL_DISK_MBS:g} MB/s (assumed); "
-            f"volume {lo:g}–{hi:g} MB/s (RunPod)",
+            *(_span(p.read_s) for p in every),
+            f"{human_bytes(baked.weights_bytes)}: local disk {planning.LOCAL_DISK_MBS:g} MB/s (assumed; "
+            f"image and RunPod's model cache); volume {lo:g}–{hi:g} MB/s (RunPod)",
         ],
-        ["imports", _secs(baked.timings.import_s), _secs(volume.timings.import_s), baked.timings.source],
-        ["pipeline load", _secs(baked.timings.construct_s), _secs(volume.timings.construct_s), "(same)"],
-        ["cold start", _span(baked.cold_start_s), _span(volume.cold_start_s), "sum of the above"],
+        ["imports", *(_secs(p.timings.import_s) for p in every), baked.timings.source],
+        ["pipeline load", *(_secs(p.timings.construct_s) for p in every), "(same)"],
+        ["cold start", *(_span(p.cold_start_s) for p in every), "sum of the above (cached: a cache hit)"],
+        [
+            "cache miss: hub download",
+            "-",
+            "-",
+            _secs(cached.miss_download_s),
+            f"{human_bytes(cached.miss_bytes)} at {a['hub_bandwidth_mbps']:g} Mbit/s (assumed), "
+            "before the worker starts",
+        ],
+        ["cold start, cache miss", "-", "-", _span(cached.cold_start_miss_s), "cold start + hub download"],
     ]
     layer_rows = [
         [mode, human_bytes(layer.size), layer.what] for mode, p in modes.items() for layer in p.image.layers
@@ -244,7 +264,7 @@ def _text(data: dict[str, Any], modes: dict[Mode, planning.ModePlan]) -> str:
     parts = [
         header,
         "",
-        grid(["cold start", "baked", "volume", "from"], rows),
+        grid(["cold start", "baked", "volume", "cached", "from"], rows),
         "",
         grid(["image layers", "bytes", "layer"], layer_rows),
         "",

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # RunPod's serverless price list (docs.runpod.io/serverless/pricing), 24 GB tier (L4, A5000, 3090),
 # read 2026-11: flex (scale-to-zero) $0.00019/s; active (always-on) $0.00013/s = $0.468/h.
@@ -54,8 +55,18 @@ class CostModel:
         return self.always_on_per_h * 24 / (self.seconds_per_request * self.serverless_per_s)
 
 
-def plot(model: CostModel, path: Path, *, title: str, requests_per_day: float | None = None) -> None:
-    """Monthly cost vs requests/day for both options, crossover marked; written atomically as PNG."""
+def plot(
+    model: CostModel,
+    path: Path,
+    *,
+    title: str,
+    requests_per_day: float | None = None,
+    cold_starts: dict[str, tuple[float, float]] | None = None,
+) -> None:
+    """Monthly cost vs requests/day for both options, crossover marked; written atomically as PNG.
+
+    With `cold_starts` (mode → low/high seconds), a second panel sets the modes side by side.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +78,11 @@ def plot(model: CostModel, path: Path, *, title: str, requests_per_day: float | 
         2 * (crossover or 0), 1.25 * (requests_per_day or 0), 2 * SECONDS_PER_DAY / model.seconds_per_request
     )
     xs = [top * i / 400 for i in range(401)]
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    if cold_starts:
+        fig, (ax, bars) = plt.subplots(2, 1, figsize=(8, 7.6), dpi=110, gridspec_kw={"height_ratios": [3, 2]})
+        _cold_start_bars(bars, cold_starts)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
     ax.plot(
         xs, [model.serverless_monthly(x) for x in xs], label=f"serverless (${model.serverless_per_s:g}/s)"
     )
@@ -106,3 +121,22 @@ def plot(model: CostModel, path: Path, *, title: str, requests_per_day: float | 
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+
+
+def _cold_start_bars(ax: Any, cold_starts: dict[str, tuple[float, float]]) -> None:
+    """Horizontal bars of each mode's cold start; the whisker spans a range (volume read rates)."""
+    names = list(cold_starts)
+    lows = [cold_starts[n][0] for n in names]
+    spans = [cold_starts[n][1] - cold_starts[n][0] for n in names]
+    ax.barh(names, lows, color="tab:blue", alpha=0.8)
+    ax.barh(names, spans, left=lows, color="tab:blue", alpha=0.35)
+    for y, name in enumerate(names):
+        ax.annotate(
+            f"{cold_starts[name][1]:.1f} s",
+            (cold_starts[name][1], y),
+            xytext=(4, -4),
+            textcoords="offset points",
+        )
+    ax.invert_yaxis()
+    ax.set_xlabel("planned cold start, seconds")
+    ax.grid(alpha=0.3, axis="x")

@@ -20,7 +20,7 @@ from artifact_format.vocab import OWN_LAYER_BYTES, Mode
 from packager.image import naming
 from packager.source.recipe import LoadedRecipe
 
-MODES: tuple[Mode, ...] = ("baked", "volume")
+MODES: tuple[Mode, ...] = ("baked", "volume", "cached")
 
 MB = 1_000_000
 # Registry → host pull rate. RunPod publishes none; 1 Gbit/s is a round assumption: measure
@@ -28,8 +28,12 @@ MB = 1_000_000
 DEFAULT_BANDWIDTH_MBPS = 1000.0
 # RunPod's documented read throughput of a network volume: 200–400 MB/s.
 VOLUME_READ_MBS = (200.0, 400.0)
-# Reading weights baked into the image from the worker's container disk (assumed NVMe-class).
+# Reading weights from the host's local disk (assumed NVMe-class): weights baked into the image, and
+# RunPod's cached models, which sit on local disk although they appear under /runpod-volume.
 LOCAL_DISK_MBS = 1000.0
+# Hub → host rate when a cached model is not on the host yet and RunPod downloads it before the
+# worker starts. RunPod publishes none; 1 Gbit/s is a round assumption (--hub-bandwidth-mbps).
+DEFAULT_HUB_BANDWIDTH_MBPS = 1000.0
 # Declared, not measured: a CUDA PyTorch runtime base (pytorch/pytorch:*-cuda12.8-cudnn9-runtime is
 # about 3 GB compressed on Docker Hub) plus the worker's Python packages. Used only when no local
 # image or base image can be measured; --base-image-bytes replaces it.
@@ -87,13 +91,30 @@ class ModePlan:
     weights_from: str
     read_s: tuple[float, float]
     timings: Timings
+    # Cached mode on a host without the model: the repo's bytes and RunPod's download of them.
+    miss_bytes: int = 0
+    miss_download_s: float = 0.0
 
     @property
     def cold_start_s(self) -> tuple[float, float]:
         fixed = self.pull_s + self.timings.import_s + self.timings.construct_s
         return (fixed + self.read_s[0], fixed + self.read_s[1])
 
+    @property
+    def cold_start_miss_s(self) -> tuple[float, float]:
+        lo, hi = self.cold_start_s
+        return (lo + self.miss_download_s, hi + self.miss_download_s)
+
     def to_json(self) -> dict[str, Any]:
+        miss = {}
+        if self.mode == "cached":
+            miss = {
+                "miss": {
+                    "download_bytes": self.miss_bytes,
+                    "download_s": self.miss_download_s,
+                    "cold_start_s": list(self.cold_start_miss_s),
+                }
+            }
         return {
             "image": {
                 "tag": self.image.tag,
@@ -109,6 +130,7 @@ class ModePlan:
             "import_s": self.timings.import_s,
             "load_s": self.timings.construct_s,
             "cold_start_s": list(self.cold_start_s),
+            **miss,
         }
 
 
@@ -120,8 +142,9 @@ def plan_modes(
     bandwidth_mbps: float = DEFAULT_BANDWIDTH_MBPS,
     base_bytes: int | None = None,
     bench_results: Path | None = BENCH_RESULTS,
+    hub_bandwidth_mbps: float = DEFAULT_HUB_BANDWIDTH_MBPS,
 ) -> dict[Mode, ModePlan]:
-    """The cold-start estimate of both modes for one artifact."""
+    """The cold-start estimate of every mode for one artifact (cached: a hit, and a miss)."""
     weights = sum(f.size for f in manifest.weight_files)
     timings = timings_for(weights, bench_results)
     pull_rate = bandwidth_mbps * MB / 8
@@ -133,15 +156,30 @@ def plan_modes(
         if image is None:
             base = base or _base(loaded, base_bytes)
             image = estimate_image(tag, manifest, mode, base)
+        read = weights / (LOCAL_DISK_MBS * MB)
+        miss_bytes, miss_s = 0, 0.0
         if mode == "baked":
-            read = weights / (LOCAL_DISK_MBS * MB)
             read_s, where = (read, read), f"in the image (container disk, {LOCAL_DISK_MBS:g} MB/s assumed)"
+        elif mode == "cached":
+            read_s, where = (
+                (read, read),
+                f"in RunPod's model cache (local disk, {LOCAL_DISK_MBS:g} MB/s assumed)",
+            )
+            miss_bytes = repo_bytes(manifest)
+            miss_s = miss_bytes / (hub_bandwidth_mbps * MB / 8)
         else:
             lo, hi = VOLUME_READ_MBS
             read_s = (weights / (hi * MB), weights / (lo * MB))
             where = f"on the network volume ({lo:g}–{hi:g} MB/s, RunPod's documented range)"
-        plans[mode] = ModePlan(mode, image, image.total / pull_rate, weights, where, read_s, timings)
+        plans[mode] = ModePlan(
+            mode, image, image.total / pull_rate, weights, where, read_s, timings, miss_bytes, miss_s
+        )
     return plans
+
+
+def repo_bytes(manifest: mf.Manifest) -> int:
+    """What RunPod downloads on a cache miss: the published commit, i.e. the artifact's files."""
+    return manifest.total_bytes + len(manifest.to_bytes())
 
 
 def cold_start_summary(
@@ -166,7 +204,7 @@ def cold_start_summary(
         tag = naming.image_tag(loaded.recipe.image.repository, loaded.recipe.name, "0" * 64, mode)
         pull_bytes = estimate_image(tag, manifest, mode, (DEFAULT_BASE_BYTES, "declared default")).total
         image_basis = "estimate"
-    rate = LOCAL_DISK_MBS if mode == "baked" else VOLUME_READ_MBS[0]
+    rate = VOLUME_READ_MBS[0] if mode == "volume" else LOCAL_DISK_MBS  # cached: a cache hit
     pull_s = pull_bytes / (DEFAULT_BANDWIDTH_MBPS * MB / 8)
     read_s = weights / (rate * MB)
     total = pull_s + read_s + timings.import_s + timings.construct_s
