@@ -58,6 +58,10 @@ def plan_json(recipe: Path, *args: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def _bench_args(artifact: Path, bench: Path) -> list[str]:
+    return ["--artifact", str(artifact), "--bench-results", str(bench), "--base-image-bytes", "1000000000"]
+
+
 PRICES = ["--seconds-per-request", "2.5", "--gpu-price-serverless", "0.0002", "--gpu-price-hourly", "0.5"]
 
 
@@ -107,14 +111,7 @@ def test_cold_start_figures_follow_from_the_manifest_and_the_benchmark(
 def test_cached_mode_is_a_slim_image_read_from_local_disk_and_a_miss_adds_the_repo_download(
     recipe: Path, artifact: Path, bench: Path
 ) -> None:
-    out = plan_json(
-        recipe,
-        "--artifact", str(artifact),
-        "--bench-results", str(bench),
-        "--base-image-bytes", "1000000000",
-        "--hub-bandwidth-mbps", "400",
-    )  # fmt: skip
-
+    out = plan_json(recipe, *_bench_args(artifact, bench), "--hub-bandwidth-mbps", "400")
     manifest = mf.load(artifact)
     weights = sum(f.size for f in manifest.weight_files)
     volume, cached = out["modes"]["volume"], out["modes"]["cached"]
