@@ -19,9 +19,10 @@ frozen_option = click.option(
 )
 mode_option = click.option(
     "--mode",
-    type=click.Choice(["baked", "volume"]),
+    type=click.Choice(["baked", "volume", "cached"]),
     default=None,
-    help="Weights baked into the image, or on a RunPod network volume (default: the recipe's `mode`).",
+    help="Weights baked into the image, on a RunPod network volume, or in RunPod's model cache from"
+    " the recipe's `publish` repo (default: the recipe's `mode`).",
 )
 base_image_option = click.option(
     "--base-image",

@@ -21,6 +21,24 @@ def image_tag(repository: str, name: str, artifact_id: str, mode: Mode) -> str:
     return f"{repository}:{name}-{short_id(artifact_id)}-{mode}"
 
 
+def published_model(loaded: LoadedRecipe, artifact_id: str) -> tuple[str, str]:
+    """(repo, commit) that holds the artifact on the hub, from the lock `packager publish` wrote."""
+    from packager.errors import ImageError
+    from packager.source.lock import read_lock
+
+    publish = loaded.recipe.publish
+    if publish is None:
+        raise ImageError(f"{loaded.path}: cached mode needs a `publish: {{repo: org/name}}` section")
+    lock = read_lock(loaded)
+    published = lock.published if lock is not None and lock.artifact_id == artifact_id else None
+    if published is None or published["repo"] != publish.repo:
+        raise ImageError(
+            f"{loaded.path}: artifact {short_id(artifact_id)} is not published to {publish.repo} yet:"
+            f" run `packager publish {loaded.path}`"
+        )
+    return published["repo"], published["commit"]
+
+
 def model_dir(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> str:
     if mode == "baked":
         return BAKED_MODEL_DIR
@@ -42,7 +60,12 @@ def worker_env(
         "WORKER_CONFIG": worker_config(loaded),
         "VOLUME_MOUNT": loaded.recipe.volume.mount,
     }
-    if mode == "volume" and artifact_uri:
+    if mode == "cached":
+        # The worker finds RunPod's copy of the published commit in the HF cache; with a volume
+        # attached as well it can fall back to pulling ARTIFACT_URI there.
+        del env["MODEL_DIR"]
+        env["MODEL_REPO"], env["MODEL_COMMIT"] = published_model(loaded, artifact_id)
+    if mode in ("volume", "cached") and artifact_uri:
         env["ARTIFACT_URI"] = artifact_uri
         # The worker's boto3 must reach the same S3-compatible store (R2, MinIO, ...) to pull.
         if loaded.recipe.store.endpoint_url:

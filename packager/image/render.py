@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from artifact_format import manifest as mf
-from artifact_format.vocab import OWN_LAYER_BYTES, Mode, short_id
+from artifact_format.vocab import MODES, OWN_LAYER_BYTES, Mode, short_id
 from packager.errors import ImageError
 from packager.image import naming
 from packager.image.code import TEMPLATES_DIR, code_files, requirements_text, worker_code_digest
@@ -201,12 +201,12 @@ def identity(
     artifact_uri: str | None = None,
     base_image: str | None = None,
 ) -> Identity:
-    if mode not in ("baked", "volume"):
-        raise ImageError(f"unknown image mode {mode!r} (expected baked or volume)")
+    if mode not in MODES:
+        raise ImageError(f"unknown image mode {mode!r} (expected {', '.join(MODES)})")
     if not mf.is_artifact_id(artifact_id):
         raise ImageError(f"not an artifact id: {artifact_id!r}")
     image = loaded.recipe.image
-    if mode == "volume" and artifact_uri is None:
+    if mode in ("volume", "cached") and artifact_uri is None:
         artifact_uri = default_artifact_uri(loaded, artifact_id)
     base = base_image or image.base
     env = _json_env(naming.worker_env(loaded, artifact_id, mode, artifact_uri))

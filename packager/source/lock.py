@@ -50,6 +50,8 @@ class Lock:
     fingerprint: str
     artifact_id: str | None = None
     stat_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Where `packager publish` put that artifact: {"repo": "org/name", "commit": "<40 hex>"}.
+    published: dict[str, str] | None = None
 
     @property
     def kind(self) -> str:
@@ -73,6 +75,7 @@ class Lock:
             "fingerprint": self.fingerprint,
             "artifact_id": self.artifact_id,
             "stat_cache": self.stat_cache,
+            "published": self.published,
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class Lock:
                 fingerprint=str(data["fingerprint"]),
                 artifact_id=data.get("artifact_id"),
                 stat_cache={str(k): dict(v) for k, v in (data.get("stat_cache") or {}).items()},
+                published=_published(data.get("published")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LockError(f"missing or malformed field ({exc.__class__.__name__}: {exc})") from None
@@ -108,6 +112,19 @@ class Lock:
 
     def to_text(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def _published(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"repo", "commit"}
+        or not re.fullmatch(r"[0-9a-f]{40}", str(value["commit"]))
+        or not re.fullmatch(HUB_REPO_RE, str(value["repo"]))
+    ):
+        raise LockError("published must be {repo: org/name, commit: <40-hex sha>}")
+    return {"repo": str(value["repo"]), "commit": str(value["commit"])}
 
 
 def fingerprint_of(name: str, source: dict[str, Any], files: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -183,8 +200,20 @@ def record_artifact_id(loaded: LoadedRecipe, lock: Lock, artifact_id: str) -> Lo
     """Remember which artifact this lock's fingerprint produced, so later runs skip converting."""
     if not _SHA256_RE.match(artifact_id):
         raise LockError(f"not an artifact id: {artifact_id!r}")
-    updated = replace(lock, artifact_id=artifact_id)
+    published = lock.published if artifact_id == lock.artifact_id else None
+    updated = replace(lock, artifact_id=artifact_id, published=published)
     write_lock(loaded, updated)
+    return updated
+
+
+def record_published(loaded: LoadedRecipe, lock: Lock, repo: str, commit: str) -> Lock:
+    """Remember the hub commit that holds the lock's artifact (outside the fingerprint, like the id).
+
+    Allowed under --frozen: it records where the artifact went, not what the recipe builds from.
+    """
+    updated = replace(lock, published=_published({"repo": repo, "commit": commit}))
+    if updated != lock:
+        write_lock(loaded, updated)
     return updated
 
 
@@ -204,5 +233,5 @@ def build_lock(loaded: LoadedRecipe, *, quiet: bool) -> Lock:
     pinned = input_for(loaded).resolve(previous, quiet=quiet)
     lock = _make(loaded, pinned.source, pinned.files, pinned.stats)
     if previous is not None and previous.fingerprint == lock.fingerprint:
-        lock = replace(lock, artifact_id=previous.artifact_id)
+        lock = replace(lock, artifact_id=previous.artifact_id, published=previous.published)
     return lock

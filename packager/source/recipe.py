@@ -155,6 +155,17 @@ class Volume(_Strict):
         return None
 
 
+class Publish(_Strict):
+    """The hub repo cached mode publishes the artifact to (`packager publish`).
+
+    The token needs write access to the repo and is read only from the variable named here.
+    """
+
+    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    private: bool = True
+    token_env: str = Field(default="HF_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class WorkerDefaults(_Strict):
     num_inference_steps: int = Field(default=25, ge=1)
     guidance_scale: float = Field(default=7.5, ge=0)
@@ -280,6 +291,7 @@ class Recipe(_Strict):
     store: Store = Store()
     image: Image = Image()
     volume: Volume = Volume()
+    publish: Publish | None = None
     worker: Worker = Worker()
     deploy: Deploy = Deploy()
 
@@ -300,6 +312,14 @@ class Recipe(_Strict):
                 raise ValueError(f"not a component name: {comp!r}")
         check_precision_overrides(value)
         return value
+
+    @model_validator(mode="after")
+    def _cached_needs_publish(self) -> Recipe:
+        if self.mode == "cached" and self.publish is None:
+            raise ValueError(
+                "mode: cached needs a `publish: {repo: org/name}` section (the repo to serve from)"
+            )
+        return self
 
     def packing_settings(self) -> dict[str, Any]:
         """The settings that change the artifact's bytes (hashed into the lock's fingerprint)."""
