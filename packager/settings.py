@@ -16,6 +16,11 @@ def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def publish_token(variable: str) -> str | None:
+    """The hub write token for `packager publish`, from the variable the recipe names. Never logged."""
+    return os.environ.get(variable) or None
+
+
 def runpod_api_key() -> str | None:
     return os.environ.get("RUNPOD_API_KEY") or None
 
