@@ -44,6 +44,7 @@ class PackageResult:
     image_built: bool = False
     context_dir: str | None = None
     volume_path: str | None = None
+    published: dict[str, str] | None = None
     planned_cold_start_s: dict[str, Any] | None = None
     bytes_uploaded: int = 0
     bytes_downloaded: int = 0
@@ -68,7 +69,8 @@ def package(
     push: bool | None = None,
     image_policy: ImagePolicy = "build",
 ) -> PackageResult:
-    """Lock → fetch → convert → upload → image (baked) or volume + slim image, skipping what exists."""
+    """Lock → fetch → convert → upload → image (baked), volume + slim image, or publish + slim image
+    (cached), skipping what exists."""
     run = Run(
         loaded,
         mode or loaded.recipe.mode,
@@ -83,6 +85,10 @@ def package(
     ]
     if run.mode == "volume":
         steps.append(("volume", stages.ensure_volume))
+    if run.mode == "cached":
+        from packager.publish.stage import ensure_published
+
+        steps.append(("publish", ensure_published))
     steps.append(("image", stages.ensure_image))
     done = [_timed(name, step, run) for name, step in steps]
     return _result(run, done)
@@ -113,6 +119,7 @@ def _result(run: Run, done: list[Stage]) -> PackageResult:
         store_uri=run.artifact_uri,
         image_tag=run.image_tag,
         volume_path=run.volume_path,
+        published=run.lock.published if run.mode == "cached" else None,
         bytes_uploaded=run.bytes_uploaded,
         bytes_downloaded=run.bytes_downloaded,
         stages=done,

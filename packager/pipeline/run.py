@@ -20,6 +20,7 @@ from packager.source.recipe import LoadedRecipe
 if TYPE_CHECKING:
     from packager.image.built import BuildResult
     from packager.image.render import RenderResult
+    from packager.publish.hub_repo import Published
     from packager.source.lock import Lock
     from packager.store.seed import SeedResult
     from packager.store.stores import Store
@@ -76,6 +77,7 @@ class Run:
     built: BuildResult | None = None
     image_tag: str | None = None
     volume_path: str | None = None
+    published: Published | None = None
     _store: Store | None = None
     _manifest: mf.Manifest | None = None
 

@@ -8,27 +8,12 @@ and published (packager/publish/hub_repo.py), and the commit goes into the lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from artifact_format.vocab import short_id
 from packager import settings
 from packager.errors import PublishError, RecipeError
-from packager.publish.hub_repo import Published, publish, published_commit
+from packager.pipeline.run import Outcome, Run
+from packager.publish.hub_repo import publish, published_commit
 from packager.source.recipe import LoadedRecipe, Publish
-
-if TYPE_CHECKING:
-    from packager.pipeline.artifact import Artifact
-    from packager.source.lock import Lock
-
-
-@dataclass(frozen=True)
-class Outcome:
-    lock: Lock
-    status: str  # "skipped" | "done"
-    detail: str
-    published: Published | None = None  # None when skipped
 
 
 def publish_section(loaded: LoadedRecipe) -> Publish:
@@ -49,22 +34,21 @@ def token_for(section: Publish) -> str:
     return token
 
 
-def ensure_published(
-    loaded: LoadedRecipe, lock: Lock, artifact_bytes: Callable[[], Artifact], *, quiet: bool
-) -> Outcome:
-    """The lock, with `published` naming a commit of the recipe's repo that holds its artifact."""
+def ensure_published(run: Run) -> Outcome:
+    """The recipe's hub repo holds the run's artifact at a commit the lock records."""
     from packager.source.lock import record_published
 
-    section = publish_section(loaded)
+    section = publish_section(run.loaded)
     token = token_for(section)
-    assert lock.artifact_id is not None, "publish runs after convert"
-    artifact_id = lock.artifact_id
-    recorded = lock.published
+    assert run.lock is not None, "ensure_lock runs first"
+    artifact_id = run.artifact_id
+    recorded = run.lock.published if run.lock.artifact_id == artifact_id else None
     if recorded is not None and recorded["repo"] == section.repo:
         tagged = published_commit(section.repo, artifact_id, token=token, token_env=section.token_env)
         if tagged == recorded["commit"]:
-            return Outcome(lock, "skipped", f"{section.repo}@{tagged[:12]} holds {short_id(artifact_id)}")
-    artifact = artifact_bytes()
+            return Outcome("skipped", f"{section.repo}@{tagged[:12]} holds {short_id(artifact_id)}")
+    artifact = run.artifact_bytes()
+    assert run.lock is not None
     done = publish(
         artifact.dir,
         artifact.manifest,
@@ -74,10 +58,11 @@ def ensure_published(
         token=token,
         token_env=section.token_env,
     )
-    lock = record_published(loaded, lock, done.repo, done.commit)
+    run.lock = record_published(run.loaded, run.lock, done.repo, done.commit)
+    run.published = done
     if done.sent_nothing:
-        return Outcome(lock, "skipped", f"{done.repo}@{done.commit[:12]} already holds it ({done.tag})", done)
+        return Outcome("skipped", f"{done.repo}@{done.commit[:12]} already holds it ({done.tag})")
     detail = f"{done.repo}@{done.commit[:12]} ({done.tag}): {done.files_sent} files, {done.bytes_sent} bytes"
     if done.deleted:
         detail += f", {len(done.deleted)} stale files deleted"
-    return Outcome(lock, "done", detail, done)
+    return Outcome("done", detail)

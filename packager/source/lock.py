@@ -32,7 +32,7 @@ from artifact_format.vocab import CONVERTER_VERSION
 from packager.errors import LockError
 from packager.settings import secret_values
 from packager.source.inputs import input_for
-from packager.source.recipe import LoadedRecipe
+from packager.source.recipe import HUB_REPO_RE, LoadedRecipe
 
 LOCK_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
