@@ -20,6 +20,7 @@ from packager.commands.lock import lock
 from packager.commands.package import package
 from packager.commands.package_all import package_all
 from packager.commands.plan import plan
+from packager.commands.publish import publish
 from packager.commands.pull import pull
 from packager.commands.render import render_command
 from packager.commands.seed import seed
@@ -51,6 +52,7 @@ for _command in (
     upload,
     pull,
     seed,
+    publish,
     render_command,
     build_command,
     serve,

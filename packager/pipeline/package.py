@@ -86,8 +86,9 @@ def package(
     if run.mode == "volume":
         steps.append(("volume", stages.ensure_volume))
     if run.mode == "cached":
-        from packager.publish.stage import ensure_published
+        from packager.publish.stage import ensure_published, publish_section, token_for
 
+        token_for(publish_section(loaded))  # a missing token fails now, not after a conversion
         steps.append(("publish", ensure_published))
     steps.append(("image", stages.ensure_image))
     done = [_timed(name, step, run) for name, step in steps]
