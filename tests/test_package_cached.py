@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.rig.fixtures_hub import HUB_TOKEN
@@ -35,6 +33,17 @@ def _env(s3: S3Env, hub_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     hub_vars = {k: v for k, v in hub_env.items() if k.startswith("HF_")}
     return s3.subprocess_env(
         PACKAGER_BUILD_DIR=str(tmp_path / "build"), HUB_WRITE_TOKEN=HUB_TOKEN, **hub_vars
+    )
+
+
+def packager(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "packager", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -68,14 +77,7 @@ def test_cached_package_publishes_then_a_rerun_is_one_head_and_one_ref_lookup(
     assert hub.bytes_received(REPO) == received
     assert s3.traffic.count() <= 1
 
-    again = subprocess.run(
-        [sys.executable, "-m", "packager", "publish", str(recipe), "--frozen", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = packager(env, "publish", str(recipe), "--frozen", "--json")
     assert again.returncode == 0, again.stderr
     out = json.loads(again.stdout)
     assert out["status"] == "skipped" and out["commit"] == commit and out["bytes_sent"] == 0
@@ -90,14 +92,7 @@ def test_publish_without_its_token_or_section_is_one_line(
     recipe = cached_recipe(tmp_path, source, s3)
     env = _env(s3, hub_env, tmp_path)
     del env["HUB_WRITE_TOKEN"]
-    no_token = subprocess.run(
-        [sys.executable, "-m", "packager", "publish", str(recipe)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    no_token = packager(env, "publish", str(recipe))
     assert no_token.returncode == 2
     assert no_token.stderr.strip().splitlines() == [
         f"packager: error: HUB_WRITE_TOKEN is not set: publishing to {REPO} needs a hub token with write"
@@ -106,14 +101,7 @@ def test_publish_without_its_token_or_section_is_one_line(
     recipe.write_text(
         recipe.read_text().replace(f"publish: {{repo: {REPO}, token_env: HUB_WRITE_TOKEN}}\n", "")
     )
-    no_section = subprocess.run(
-        [sys.executable, "-m", "packager", "validate", str(recipe)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    no_section = packager(env, "validate", str(recipe))
     assert no_section.returncode == 2
     lines = no_section.stderr.strip().splitlines()
     assert len(lines) == 1 and "mode: cached needs a `publish: {repo: org/name}` section" in lines[0]
