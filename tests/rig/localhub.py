@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from tests.rig.hub_upload import UploadSide, parse_json, parse_ndjson, read_body
+from tests.rig.hub_upload import Received, UploadSide, parse_json, parse_ndjson, read_body
 
 # What `.gitattributes` sends to LFS in a new hub repo (the hub's default template, abridged),
 # plus anything over the hub's 10 MB limit for plain git files.
@@ -328,6 +328,7 @@ class LocalHub(UploadSide):
     def reset_stats(self) -> None:
         with self._lock:
             self.stats = Stats()
+            self.received = Received()
 
     def bytes_sent(self, repo_id: str | None = None) -> int:
         """Body bytes of file downloads (resolve GETs), for one repo or all."""
