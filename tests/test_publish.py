@@ -19,8 +19,10 @@ from packager.errors import PublishError
 from packager.publish.hub_repo import Published, publish, published_commit, tag_name
 from tests.rig.artifacts import make_artifact, tiny_source
 from tests.rig.fixtures_hub import HUB_TOKEN
+from tests.rig.fixtures_s3 import S3Env
 from tests.rig.localhub import LocalHub
 from tests.rig.worker import run_test_input
+from tests.test_worker_volume import upload_artifact
 
 JOB = {"input": {"prompt": "a lantern", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3}}
 RUNPOD_CACHE = Path("huggingface-cache/hub")
@@ -165,3 +167,27 @@ def test_the_worker_serves_from_a_runpod_shaped_cache_and_never_writes_there(
         "model set to this repo and commit?"
     )
     os.chmod(volume, 0o755)
+
+
+def test_a_cache_miss_with_a_store_and_a_volume_pulls_like_volume_mode(
+    s3: S3Env, tiny: tuple[Path, str], tmp_path: Path
+) -> None:
+    folder, artifact_id = tiny
+    uri = upload_artifact(s3, folder, artifact_id)
+    volume = tmp_path / "runpod-volume"
+    (volume / RUNPOD_CACHE).mkdir(parents=True)
+    env = {
+        "MODEL_REPO": "publisher/tiny-missing",
+        "MODEL_COMMIT": "1" * 40,
+        "HF_HUB_CACHE": str(volume / RUNPOD_CACHE),
+        "VOLUME_MOUNT": str(volume),
+        "ARTIFACT_URI": uri,
+        "PULL_TIMEOUT_S": "120",
+        **s3.env,
+    }
+    saved = tmp_path / "saved"
+    proc = run_test_input(None, JOB, tmp_path / "run", WORKER_SAVE_DIR=str(saved), **env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    pulled = mf.volume_path(volume, "tiny", artifact_id)
+    assert (pulled / mf.READY_MARKER).is_file()
+    assert json.loads((saved / "local_test.json").read_text())["$meta"]["artifact_id"] == artifact_id
