@@ -138,5 +138,6 @@ def _cold_start_bars(ax: Any, cold_starts: dict[str, tuple[float, float]]) -> No
             textcoords="offset points",
         )
     ax.invert_yaxis()
+    ax.set_xlim(0, 1.18 * max(hi for _, hi in cold_starts.values()))  # room for the labels
     ax.set_xlabel("planned cold start, seconds")
     ax.grid(alpha=0.3, axis="x")
