@@ -66,7 +66,8 @@ def test_commit_uploads_weights_through_lfs_and_small_files_inline(hub: LocalHub
     tree = _api(hub).list_repo_tree(repo_id, revision=info.oid, recursive=True)
     entries = {e.path: e for e in tree if isinstance(e, RepoFile)}
     weights = entries["unet/diffusion_pytorch_model.safetensors"]
-    assert weights.lfs is not None and weights.lfs.sha256 == hashlib.sha256(WEIGHTS).hexdigest()
+    assert weights.lfs is not None
+    assert weights.lfs.sha256 == hashlib.sha256(WEIGHTS).hexdigest()
     assert entries["unet/config.json"].lfs is None
     cache = tmp_path / "cache"
     folder = Path(snapshot_download(repo_id, revision=info.oid, cache_dir=cache, token=HUB_TOKEN))

@@ -56,14 +56,17 @@ def test_cached_package_publishes_then_a_rerun_is_one_head_and_one_ref_lookup(
 
     first, _ = package(recipe, env)
     stages = {s["name"]: s["status"] for s in first["stages"]}
-    assert stages["publish"] == "done" and first["mode"] == "cached"
+    assert stages["publish"] == "done"
+    assert first["mode"] == "cached"
     commit = hub.repos[REPO].tags[f"artifact-{first['artifact_id'][:12]}"]
     assert first["published"] == {"repo": REPO, "commit": commit}
     lock_text = recipe.with_suffix(".lock").read_text()
     assert json.loads(lock_text)["published"] == {"repo": REPO, "commit": commit}
     dockerfile = (Path(first["context_dir"]) / "Dockerfile").read_text()
-    assert f"MODEL_REPO='{REPO}'" in dockerfile and f"MODEL_COMMIT='{commit}'" in dockerfile
-    assert "MODEL_DIR" not in dockerfile and "COPY weights" not in dockerfile
+    assert f"MODEL_REPO='{REPO}'" in dockerfile
+    assert f"MODEL_COMMIT='{commit}'" in dockerfile
+    assert "MODEL_DIR" not in dockerfile
+    assert "COPY weights" not in dockerfile
     for text in (lock_text, dockerfile, json.dumps(first)):
         assert HUB_TOKEN not in text
 
@@ -80,7 +83,9 @@ def test_cached_package_publishes_then_a_rerun_is_one_head_and_one_ref_lookup(
     again = packager(env, "publish", str(recipe), "--frozen", "--json")
     assert again.returncode == 0, again.stderr
     out = json.loads(again.stdout)
-    assert out["status"] == "skipped" and out["commit"] == commit and out["bytes_sent"] == 0
+    assert out["status"] == "skipped"
+    assert out["commit"] == commit
+    assert out["bytes_sent"] == 0
     assert out["model_reference"] == f"https://huggingface.co/{REPO}:{commit}"
     assert HUB_TOKEN not in again.stdout + again.stderr
 
@@ -104,4 +109,5 @@ def test_publish_without_its_token_or_section_is_one_line(
     no_section = packager(env, "validate", str(recipe))
     assert no_section.returncode == 2
     lines = no_section.stderr.strip().splitlines()
-    assert len(lines) == 1 and "mode: cached needs a `publish: {repo: org/name}` section" in lines[0]
+    assert len(lines) == 1
+    assert "mode: cached needs a `publish: {repo: org/name}` section" in lines[0]

@@ -75,7 +75,8 @@ def test_publish_commits_the_artifact_tags_it_and_a_second_publish_sends_nothing
     hub.reset_stats()
     before = hub.bytes_received(repo)
     again = _publish(tiny, repo)
-    assert again.sent_nothing and again.commit == first.commit
+    assert again.sent_nothing
+    assert again.commit == first.commit
     assert hub.bytes_received(repo) == before
     assert {m for m, _, _ in hub.requests()} == {"GET"}  # the refs, then the tagged tree's pages
     assert published_commit(repo, artifact_id, token=HUB_TOKEN, token_env="HF_TOKEN") == first.commit
@@ -127,7 +128,8 @@ def test_a_token_that_cannot_write_is_one_line_without_the_token(
             token="hf_not_a_known_token",
             token_env="HF_WRITE_TOKEN",
         )
-    assert "HF_WRITE_TOKEN" in str(err.value) and "hf_not_a_known_token" not in str(err.value)
+    assert "HF_WRITE_TOKEN" in str(err.value)
+    assert "hf_not_a_known_token" not in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -160,12 +162,14 @@ def test_the_worker_serves_from_a_runpod_shaped_cache_and_never_writes_there(
     wrong = "0" * 40
     proc = run_test_input(None, JOB, tmp_path / "wrong", **{**env, "MODEL_COMMIT": wrong})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0] == (
-        f"worker: error: {repo}@{wrong}: not in the Hugging Face cache (looked in "
-        f"{cache / 'models--publisher--tiny-served' / 'snapshots' / wrong}); is the endpoint's cached "
-        "model set to this repo and commit?"
-    )
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [
+        (
+            f"worker: error: {repo}@{wrong}: not in the Hugging Face cache (looked in "
+            f"{cache / 'models--publisher--tiny-served' / 'snapshots' / wrong}); is the endpoint's cached "
+            "model set to this repo and commit?"
+        )
+    ]
     os.chmod(volume, 0o755)
 
 

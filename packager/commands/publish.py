@@ -33,7 +33,8 @@ def publish(recipe_file: str, frozen: bool, as_json: bool) -> None:
     ensure_lock(run)
     ensure_artifact(run)
     outcome = ensure_published(run)
-    assert run.lock is not None and run.lock.published is not None
+    assert run.lock is not None
+    assert run.lock.published is not None
     sent = run.published
     files_sent, bytes_sent = (sent.files_sent, sent.bytes_sent) if sent else (0, 0)
     repo, commit = run.lock.published["repo"], run.lock.published["commit"]

@@ -74,8 +74,10 @@ def test_cached_image_serves_from_a_mounted_hf_cache_and_names_a_missing_commit(
         client=docker_rig.client(),
     )
     env = dict(e.split("=", 1) for e in docker_rig.client().images.get(built.tag).attrs["Config"]["Env"])
-    assert env["MODEL_REPO"] == REPO_ID and env["MODEL_COMMIT"] == published.commit
-    assert "MODEL_DIR" not in env and HUB_TOKEN not in str(env)
+    assert env["MODEL_REPO"] == REPO_ID
+    assert env["MODEL_COMMIT"] == published.commit
+    assert "MODEL_DIR" not in env
+    assert HUB_TOKEN not in str(env)
     assert not any(step.step.startswith("weights") for step in built.layers)  # slim: no weight layers
 
     ran = run_worker(docker_rig, built.tag, tmp_path, volume=volume)

@@ -233,40 +233,7 @@ class UploadSide:
                 raise HubError(412, None, COMMIT_RACE_MESSAGE)
             files = dict(repo.commits[head].files)
             known = self._known_objects(repo_id)
-            received = 0
-            for line in lines[1:]:
-                key, value = line.get("key"), line.get("value") or {}
-                path = value.get("path")
-                if not isinstance(path, str) or not path:
-                    raise HubError(400, None, f"{key}: a path is required")
-                if key == "file":
-                    if value.get("encoding") != "base64":
-                        raise HubError(400, None, f"{path}: content must be base64")
-                    content = base64.b64decode(value.get("content") or "")
-                    received += len(content)
-                    files[path] = self.put_blob(content)
-                elif key == "lfsFile":
-                    blob = known.get(str(value.get("oid")))
-                    if blob is None or ("size" in value and value["size"] != blob.size):
-                        raise HubError(
-                            400,
-                            None,
-                            f"Your push was rejected because an LFS pointer pointed to a file that does"
-                            f" not exist: {path}",
-                        )
-                    files[path] = blob
-                elif key == "deletedFile":
-                    if files.pop(path, None) is None:
-                        raise HubError(404, "EntryNotFound", f"A file with this name doesn't exist: {path}")
-                elif key == "deletedFolder":
-                    prefix = path.rstrip("/") + "/"
-                    gone = [name for name in files if name.startswith(prefix)]
-                    if not gone:
-                        raise HubError(404, "EntryNotFound", f"A folder with this name doesn't exist: {path}")
-                    for name in gone:
-                        del files[name]
-                else:
-                    raise HubError(400, None, f"unknown commit operation {key!r}")
+            received = sum(self._apply(files, known, line) for line in lines[1:])
             sha = self._new_commit(repo_id, revision, files, message)
             self.received.bytes_by_repo[repo_id] += received
             self.received.commits.append((repo_id, sha))
@@ -276,6 +243,42 @@ class UploadSide:
             "commitUrl": f"{self.url}/{repo_id}/commit/{sha}",
             "hookOutput": "",
         }
+
+    def _apply(self, files: dict[str, Any], known: Mapping[str, Any], line: Mapping[str, Any]) -> int:
+        """One commit operation onto `files`; returns the content bytes it carried inline."""
+        from tests.rig.localhub import HubError
+
+        key, value = line.get("key"), line.get("value") or {}
+        path = value.get("path")
+        if not isinstance(path, str) or not path:
+            raise HubError(400, None, f"{key}: a path is required")
+        if key == "file":
+            if value.get("encoding") != "base64":
+                raise HubError(400, None, f"{path}: content must be base64")
+            content = base64.b64decode(value.get("content") or "")
+            files[path] = self.put_blob(content)
+            return len(content)
+        if key == "lfsFile":
+            blob = known.get(str(value.get("oid")))
+            if blob is None or ("size" in value and value["size"] != blob.size):
+                raise HubError(
+                    400,
+                    None,
+                    "Your push was rejected because an LFS pointer pointed to a file that does not"
+                    f" exist: {path}",
+                )
+            files[path] = blob
+            return 0
+        if key not in ("deletedFile", "deletedFolder"):
+            raise HubError(400, None, f"unknown commit operation {key!r}")
+        prefix = path.rstrip("/") + "/"
+        gone = [path] if key == "deletedFile" else [name for name in files if name.startswith(prefix)]
+        if not gone or any(name not in files for name in gone):
+            what = "file" if key == "deletedFile" else "folder"
+            raise HubError(404, "EntryNotFound", f"A {what} with this name doesn't exist: {path}")
+        for name in gone:
+            del files[name]
+        return 0
 
     def api_create_tag(
         self, repo_id: str, revision: str, payload: Mapping[str, Any], token: str | None
