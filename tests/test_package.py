@@ -135,7 +135,7 @@ def test_package_all_reports_every_recipe_and_one_failure_does_not_stop_the_othe
     assert by_name["good.yaml"]["ok"]
     assert len(by_name["good.yaml"]["artifact_id"]) == 64
     assert not by_name["broken.yaml"]["ok"]
-    assert "precision: must be one of fp16, bf16, fp32" in by_name["broken.yaml"]["error"]
+    assert "precision: must be one of auto, fp16, bf16, fp32, fp8" in by_name["broken.yaml"]["error"]
     assert data["failed"] == 1
 
 
