@@ -16,7 +16,7 @@ The artifact is synthetic (random bytes in SD 1.x proportions, `--size-mb` in al
 the push cannot shrink it. Medians over `--runs`; ratios against the single layout in the same run.
 Targets: code rebuild <= 10% of a full build, and a code-only re-push uploads only the code layers.
 
-  python bench/image.py [--quick] [--size-mb N] [--runs N]
+  python bench/image.py [--quick] [--sizes 600,4000] [--runs N]
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ if str(REPO) not in sys.path:  # `python bench/image.py` as well as `python -m b
 
 RESULTS = REPO / "bench" / "results" / "image.json"
 LAYOUTS = ("layered", "single")
-TARGET_REBUILD_RATIO = 0.10
+# At the largest size a code rebuild costs at most this share of a no-cache build, and no more
+# than TARGET_SIZE_GROWTH times what it costs at the smallest: independent of the model's size.
+TARGET_LARGE_REBUILD_RATIO = 0.05
+TARGET_SIZE_GROWTH = 1.10
 CODE_STEPS = ("code", "compile")
 
 
@@ -56,35 +59,48 @@ def _recipe(folder: Path, rig: dict[str, str], repository: str) -> Any:
 
 
 def _single_layer(rendered: Any) -> Any:
-    """The same context with every weight file, the manifest and the code under one COPY."""
-
+    """One context, one build: every weight file, the manifest and the code under one COPY after
+    the deps layers, sent whole to the engine on every build (the seed's layout)."""
     ctx = rendered.context_dir
+    weights_ctx = rendered.weights.context_dir
     bundle = ctx / "all"
     model_dir = Path("models/artifact")
     for sub in ("weights/large", "weights/small"):
-        for src in sorted((ctx / sub).rglob("*")) if (ctx / sub).exists() else []:
+        for src in sorted((weights_ctx / sub).rglob("*")) if (weights_ctx / sub).exists() else []:
             if src.is_file():
-                dest = bundle / model_dir / src.relative_to(ctx / sub)
+                dest = bundle / model_dir / src.relative_to(weights_ctx / sub)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.link(src, dest)
-    shutil.copy2(ctx / "manifest.json", bundle / model_dir / "manifest.json")
+    shutil.copy2(weights_ctx / "manifest.json", bundle / model_dir / "manifest.json")
     shutil.copytree(ctx / "code", bundle / "opt/worker", copy_function=os.link)
-    for sub in ("weights", "code"):
-        shutil.rmtree(ctx / sub)
-    (ctx / "manifest.json").unlink()
-    lines = []
-    for line in rendered.dockerfile.read_text().splitlines():
+    shutil.copy2(weights_ctx / "requirements.txt", ctx / "requirements.txt")
+    deps = []
+    for line in rendered.weights.dockerfile.read_text().splitlines():
         if line.startswith('COPY ["weights/') or line.startswith('COPY ["manifest.json"'):
-            continue
-        if line.startswith('COPY ["code/"'):
-            line = 'COPY ["all/", "/"]'
+            break
+        deps.append(line)
+    worker = rendered.dockerfile.read_text().splitlines()
+    code_at = next(i for i, line in enumerate(worker) if line.startswith('COPY ["code/"'))
+    lines = [*deps, 'COPY ["all/", "/"]']
+    for line in worker[code_at + 1 :]:
         if line.strip().startswith("packager.layers="):
             line = '      packager.layers=\'["requirements","pip install","everything","compile"]\''
         lines.append(line)
+    for sub in ("weights-image", "code"):
+        shutil.rmtree(ctx / sub)
     rendered.dockerfile.write_text("\n".join(lines) + "\n")
     for dirpath, _dirs, _files in os.walk(ctx):
         os.chmod(dirpath, 0o755)
-    return replace(rendered, layer_steps=("requirements", "pip install", "everything", "compile"))
+    args = {k: v for k, v in rendered.build_args.items() if k != "WEIGHTS_IMAGE"}
+    steps = ("requirements", "pip install", "everything", "compile")
+    return replace(rendered, layer_steps=steps, weights=None, build_args=args)
+
+
+def _drop(client: Any, repository: str) -> None:
+    """Every tag of the repository (the weights image's too), then the dangling layer chains."""
+    for tag in {t for img in client.images.list() for t in img.tags if t.startswith(repository + ":")}:
+        client.images.remove(tag, force=True)
+    client.images.prune(filters={"dangling": True})
 
 
 def _code_copy(folder: Path, marker: str) -> None:
@@ -130,7 +146,7 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
         built = image_build.build_context(loaded, rendered, no_cache=True, quiet=True, client=client)
         out["full_build_s"] = time.perf_counter() - started
         client.images.remove(built.image_id, force=True)
-        client.images.prune(filters={"dangling": True})
+        _drop(client, repository)
         tags = {}
         for version in ("v1", "v2"):
             if version == "v2":
@@ -148,7 +164,9 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
                 rendered = _single_layer(rendered)
             started = time.perf_counter()
             built = image_build.build_context(loaded, rendered, quiet=True, client=client)
-            out["first_build_s" if version == "v1" else "code_rebuild_s"] = time.perf_counter() - started
+            key = "first_build" if version == "v1" else "code_rebuild"
+            out[f"{key}_s"] = time.perf_counter() - started
+            out[f"{key}_context_bytes"] = built.context_bytes + built.weights_context_bytes
             tags[version] = f"{repository}:{version}"
             client.images.get(built.image_id).tag(repository, version)
             started = time.perf_counter()
@@ -165,18 +183,12 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
                 out["layers"] = [{"step": x.step, "bytes": x.size} for x in built.layers]
                 out["code_layers_bytes"] = sum(x.size for x in built.layers if x.step in CODE_STEPS)
         # Drop both versions (and the build cache that holds their weight layers), then pull.
-        for version in ("v2", "v1"):
-            client.images.remove(tags[version], force=True)
-        for built_tag in {t for img in client.images.list() for t in img.tags if t.startswith(repository)}:
-            client.images.remove(built_tag, force=True)
-        client.images.prune(filters={"dangling": True})
+        _drop(client, repository)
         for version, key in (("v1", "pull_s"), ("v2", "code_pull_s")):
             started = time.perf_counter()
             client.images.pull(repository, tag=version)
             out[key] = time.perf_counter() - started
-        for version in ("v2", "v1"):
-            client.images.remove(tags[version], force=True)
-        client.images.prune(filters={"dangling": True})
+        _drop(client, repository)
     return out
 
 
@@ -225,6 +237,8 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row["image_bytes"] = mine[-1]["image_bytes"]
         row["code_layers_bytes"] = mine[-1]["code_layers_bytes"]
         row["code_change_bytes"] = mine[-1]["code_change_bytes"]
+        row["code_rebuild_context_bytes"] = mine[-1]["code_rebuild_context_bytes"]
+        row["first_build_context_bytes"] = mine[-1]["first_build_context_bytes"]
         row["layers"] = mine[-1]["layers"]
         row["rebuild_vs_full"] = round(row["code_rebuild_s"] / row["full_build_s"], 3)
         table[layout] = row
@@ -256,6 +270,7 @@ def _print(table: dict[str, Any], meta: dict[str, Any]) -> None:
         "code_repush_s": "code-only re-push, s",
         "code_repush_layers": "  layers uploaded",
         "code_change_bytes": "  bytes in changed layers",
+        "code_rebuild_context_bytes": "  context sent to the engine",
         "pull_s": "pull v1 (deps present), s",
         "code_pull_s": "code-only pull (v1 present), s",
         "rebuild_vs_full": "rebuild / full build",
@@ -285,16 +300,68 @@ def _print(table: dict[str, Any], meta: dict[str, Any]) -> None:
             [(x["step"], human_bytes(x["bytes"])) for x in table["layered"]["layers"]],
         )
     )
-    for name, ok in meta["targets"].items():
-        print(f"target {name}: {'met' if ok else 'MISSED'}")
+
+
+def _sweep_size(size_mb: int, runs_wanted: int, rig_info: dict[str, str]) -> list[dict[str, Any]] | None:
+    """Every run of both layouts at one artifact size, each in a fresh process."""
+    from tests.rig.s3 import synthetic_artifact
+
+    cache = REPO / "build" / "bench-image"
+    artifact = cache / f"artifact-{size_mb}mb"
+    if not artifact.exists():
+        staging = cache / f"staging-{size_mb}mb"
+        shutil.rmtree(staging, ignore_errors=True)
+        synthetic_artifact(staging, size_mb * 1_000_000, name="bench")
+        staging.rename(artifact)
+    _warm_registry(rig_info, artifact)
+    runs = []
+    for run in range(runs_wanted):
+        for layout in LAYOUTS if run % 2 == 0 else tuple(reversed(LAYOUTS)):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", layout, str(run)]
+            done = subprocess.run(
+                [*cmd, json.dumps(rig_info), str(artifact)], capture_output=True, text=True, cwd=REPO
+            )
+            if done.returncode != 0:
+                print(done.stderr[-4000:], file=sys.stderr)
+                return None
+            runs.append({"size_mb": size_mb, **json.loads(done.stdout.strip().splitlines()[-1])})
+            print(
+                f"{size_mb} MB run {run} {layout}: "
+                + ", ".join(f"{k}={v:.1f}" for k, v in runs[-1].items() if k.endswith("_s")),
+                flush=True,
+            )
+    return runs
+
+
+def _targets(tables: dict[int, dict[str, Any]]) -> dict[str, bool]:
+    small, large = tables[min(tables)]["layered"], tables[max(tables)]["layered"]
+    targets = {
+        f"code rebuild <= {TARGET_LARGE_REBUILD_RATIO:.0%} of a full build at {max(tables)} MB": large[
+            "rebuild_vs_full"
+        ]
+        <= TARGET_LARGE_REBUILD_RATIO,
+        "code-only re-push uploads only the code layers": all(
+            t["layered"]["code_repush_layers"] == len(CODE_STEPS) for t in tables.values()
+        ),
+    }
+    if len(tables) > 1:
+        growth = large["code_rebuild_s"] / small["code_rebuild_s"]
+        targets[
+            f"code rebuild at {max(tables)} MB within {TARGET_SIZE_GROWTH - 1:.0%} of {min(tables)} MB"
+        ] = growth <= TARGET_SIZE_GROWTH
+    return targets
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mb", type=int, default=2000, help="synthetic artifact size (default 2000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per layout (default 3)")
+    parser.add_argument(
+        "--sizes",
+        default="600,4000",
+        help="synthetic artifact sizes in MB, comma-separated (default 600,4000)",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs per layout and size (default 1)")
     parser.add_argument("--quick", action="store_true", help="300 MB, one run: a smoke test of the benchmark")
     parser.add_argument(
         "--child", nargs=4, metavar=("LAYOUT", "RUN", "RIG_JSON", "ARTIFACT"), help=argparse.SUPPRESS
@@ -304,13 +371,13 @@ def main(argv: list[str]) -> int:
         layout, run, rig_json, artifact = args.child
         print(json.dumps(_child(layout, int(run), json.loads(rig_json), Path(artifact))))
         return 0
-    if args.quick:
-        args.size_mb, args.runs = 300, 1
+    sizes = [300] if args.quick else sorted(int(x) for x in args.sizes.split(","))
+    runs_wanted = 1 if args.quick else args.runs
 
     from tests.rig import docker_env
-    from tests.rig.s3 import synthetic_artifact
 
     rig = docker_env.start()
+    runs: list[dict[str, Any]] = []
     try:
         rig_info = {
             "docker_host": rig.docker_host,
@@ -318,45 +385,28 @@ def main(argv: list[str]) -> int:
             "find_links": rig.find_links,
             "base_image": rig.base_image,
         }
-        cache = REPO / "build" / "bench-image"
-        artifact = cache / f"artifact-{args.size_mb}mb"
-        if not artifact.exists():
-            shutil.rmtree(cache, ignore_errors=True)
-            staging = cache / "staging"
-            synthetic_artifact(staging, args.size_mb * 1_000_000, name="bench")
-            staging.rename(artifact)
-        _warm_registry(rig_info, artifact)
-        runs = []
-        for run in range(args.runs):
-            for layout in LAYOUTS if run % 2 == 0 else tuple(reversed(LAYOUTS)):
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", layout, str(run)]
-                done = subprocess.run(
-                    [*cmd, json.dumps(rig_info), str(artifact)], capture_output=True, text=True, cwd=REPO
-                )
-                if done.returncode != 0:
-                    print(done.stderr[-4000:], file=sys.stderr)
-                    return 1
-                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(
-                    f"run {run} {layout}: "
-                    + ", ".join(f"{k}={v:.1f}" for k, v in runs[-1].items() if k.endswith("_s"))
-                )
+        for size_mb in sizes:
+            done = _sweep_size(size_mb, runs_wanted, rig_info)
+            if done is None:
+                return 1
+            runs += done
     finally:
         rig.stop()
-    table = _summarise(runs)
-    targets = {
-        "code rebuild <= 10% of a full build": table["layered"]["rebuild_vs_full"] <= TARGET_REBUILD_RATIO,
-        "code-only re-push uploads only the code layers": table["layered"]["code_repush_layers"]
-        == len(CODE_STEPS),
-    }
-    meta = {"size_mb": args.size_mb, "runs": args.runs, "quick": args.quick, "targets": targets}
+    tables = {size: _summarise([r for r in runs if r["size_mb"] == size]) for size in sizes}
+    targets = _targets(tables)
+    meta = {"sizes_mb": sizes, "runs": runs_wanted, "quick": args.quick, "targets": targets}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
+    results = {str(size): table for size, table in tables.items()}
     tmp.write_text(
-        json.dumps({"meta": meta, "results": table, "runs": runs}, indent=2, sort_keys=True) + "\n"
+        json.dumps({"meta": meta, "results": results, "runs": runs}, indent=2, sort_keys=True) + "\n"
     )
     tmp.replace(RESULTS)
-    _print(table, meta)
+    for size, table in tables.items():
+        _print(table, {"size_mb": size, "runs": runs_wanted})
+        print()
+    for name, ok in targets.items():
+        print(f"target {name}: {'met' if ok else 'MISSED'}")
     return 0 if all(targets.values()) else 1
 
 

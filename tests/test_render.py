@@ -112,13 +112,13 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
     loaded = recipe(tmp_path, tmp_path / "src", "big")
     result = render.render(loaded, art, art.manifest, art.id, "baked", tmp_path / "ctx")
 
-    steps = instructions(result.dockerfile)
-    words = [w for w, _ in steps]
-    assert words[:2] == ["ARG", "FROM"]
-    assert steps[0][1].startswith("BASE_IMAGE=")
-    assert words[-1] == "CMD"
-    cp = copies(result.dockerfile)
-    assert cp == [
+    # Two contexts: the weights image (deps, then weights, then the manifest) and, FROM it, the worker
+    # image on a context that holds only the code.
+    assert result.weights is not None
+    weights = instructions(result.weights.dockerfile)
+    assert [w for w, _ in weights][:2] == ["ARG", "FROM"]
+    assert weights[0][1].startswith("BASE_IMAGE=")
+    assert copies(result.weights.dockerfile) == [
         ("requirements.txt", "/opt/worker/requirements.txt"),
         ("weights/large/text_encoder/model.safetensors", "/models/artifact/text_encoder/model.safetensors"),
         (
@@ -127,20 +127,36 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
         ),
         ("weights/small/", "/models/artifact/"),
         ("manifest.json", "/models/artifact/manifest.json"),
-        ("code/", "/opt/worker/"),
     ]
+    assert [w for w, _ in weights][-1] == "LABEL"  # no recipe-specific ENV in the weights image
+    assert "big" not in weights[-1][1]  # nor the recipe's name: other recipes share it
+    steps = instructions(result.dockerfile)
+    words = [w for w, _ in steps]
+    assert words[:2] == ["ARG", "FROM"]
+    assert steps[0][1] == f"WEIGHTS_IMAGE={result.weights.tag}"
+    assert result.weights.tag.startswith(f"localhost/packager:weights-{art.id[:12]}-")
+    assert words[-1] == "CMD"
+    assert copies(result.dockerfile) == [("code/", "/opt/worker/")]
+    assert sorted(p.name for p in result.context_dir.iterdir()) == [
+        ".dockerignore",
+        "Dockerfile",
+        "code",
+        "weights-image",
+    ]
+    assert "weights-image/" in (result.context_dir / ".dockerignore").read_text().splitlines()
 
     # pip runs between the requirements and the weights; compileall after the code; env and labels
-    # (which differ per recipe) only after every weight layer.
+    # (which differ per recipe) only in the worker image, after every weight layer.
     def first(word: str, text: str) -> int:
-        return next(i for i, (w, r) in enumerate(steps) if w == word and text in r)
+        return next(i for i, (w, r) in enumerate(weights) if w == word and text in r)
 
     requirements, pip = first("COPY", "requirements.txt"), first("RUN", "pip install")
-    weights, code = first("COPY", "weights/"), first("COPY", '"code/"')
-    assert requirements < pip < weights < code
+    assert requirements < pip < first("COPY", "weights/")
+    code = next(i for i, (w, r) in enumerate(steps) if w == "COPY" and '"code/"' in r)
     assert steps[code + 1][0] == "RUN"
     assert "compileall" in steps[code + 1][1]
     assert all(i > code for i, (w, _) in enumerate(steps) if w in ("ENV", "LABEL"))
+    assert result.weights.layer_steps == result.layer_steps[:-2]
     assert result.layer_steps == (
         "requirements",
         "pip install",
@@ -156,7 +172,9 @@ def test_baked_layers_go_base_requirements_weights_manifest_code(tmp_path: Path)
         "unet/diffusion_pytorch_model.safetensors",
     )
     # The file just under the threshold rides with the configs.
-    assert (result.context_dir / "weights/small/vae/diffusion_pytorch_model.safetensors").is_file()
+    assert (
+        result.context_dir / "weights-image/weights/small/vae/diffusion_pytorch_model.safetensors"
+    ).is_file()
     assert not (tmp_path / "ctx" / "weights/large/vae").exists()
 
 
@@ -166,11 +184,14 @@ def test_weights_are_hard_linked_not_copied(tmp_path: Path) -> None:
     result = render.render(loaded, art, art.manifest, art.id, "baked", tmp_path / "ctx")
 
     for rel, where in (("unet/w.safetensors", "large"), ("model_index.json", "small")):
-        original, linked = (art.dir / rel).stat(), (result.context_dir / "weights" / where / rel).stat()
+        original, linked = (
+            (art.dir / rel).stat(),
+            (result.context_dir / "weights-image/weights" / where / rel).stat(),
+        )
         assert (linked.st_ino, linked.st_dev) == (original.st_ino, original.st_dev)
     assert (result.linked, result.copied) == (2, 0)
     # The manifest in the context is the artifact's, byte for byte (the id is its hash).
-    assert mf.artifact_id_of(result.context_dir) == art.id
+    assert mf.artifact_id_of(result.context_dir / "weights-image") == art.id
 
 
 def test_a_weight_file_others_cannot_read_is_copied_and_the_artifact_left_alone(tmp_path: Path) -> None:
@@ -179,7 +200,7 @@ def test_a_weight_file_others_cannot_read_is_copied_and_the_artifact_left_alone(
     loaded = recipe(tmp_path, tmp_path / "src", "big")
     result = render.render(loaded, art, art.manifest, art.id, "baked", tmp_path / "ctx")
 
-    copy = result.context_dir / "weights/small/unet/w.safetensors"
+    copy = result.context_dir / "weights-image/weights/small/unet/w.safetensors"
     assert copy.stat().st_ino != (art.dir / "unet/w.safetensors").stat().st_ino
     assert oct(copy.stat().st_mode & 0o777) == oct(0o644)
     assert oct((art.dir / "unet/w.safetensors").stat().st_mode & 0o777) == oct(0o600)
@@ -207,11 +228,11 @@ def test_everything_in_the_context_is_readable_by_any_user(
 def test_small_artifact_gets_one_weights_layer(tiny: tuple[Path, Artifact], tmp_path: Path) -> None:
     source, art = tiny
     result = render.render(recipe(tmp_path, source), art, art.manifest, art.id, "baked", tmp_path / "ctx")
-    assert [c for c in copies(result.dockerfile) if c[0].startswith("weights/")] == [
+    assert [c for c in copies(result.weights.dockerfile) if c[0].startswith("weights/")] == [
         ("weights/small/", "/models/artifact/")
     ]
     for entry in art.manifest.files:
-        assert (result.context_dir / "weights/small" / entry.path).stat().st_size == entry.size
+        assert (result.context_dir / "weights-image/weights/small" / entry.path).stat().st_size == entry.size
 
 
 def test_env_and_labels_name_the_artifact(tiny: tuple[Path, Artifact], tmp_path: Path) -> None:
@@ -232,7 +253,37 @@ def test_env_and_labels_name_the_artifact(tiny: tuple[Path, Artifact], tmp_path:
     assert result.tag == naming.image_tag("localhost/packager", "tiny", art.id, "baked")
     text = result.dockerfile.read_text()
     assert f"packager.artifact-id='{art.id}'" in text
-    assert "ARG BASE_IMAGE=pytorch/pytorch:" in text  # the recipe default: a CUDA PyTorch image
+    assert result.weights is not None
+    weights = result.weights.dockerfile.read_text()
+    assert "ARG BASE_IMAGE=pytorch/pytorch:" in weights  # the recipe default: a CUDA PyTorch image
+    assert result.weights.labels[render.LABEL_ARTIFACT] == art.id
+    assert result.labels[render.LABEL_WEIGHTS] == result.weights.digest
+
+
+def test_recipes_producing_the_same_artifact_share_one_weights_image(
+    tiny: tuple[Path, Artifact], tmp_path: Path
+) -> None:
+    source, art = tiny
+    one = render.render(
+        recipe(tmp_path / "a", source, "one"), art, art.manifest, art.id, "baked", tmp_path / "1"
+    )
+    two = render.render(
+        recipe(tmp_path / "b", source, "two", extra="worker:\n  defaults: {width: 64}\n"),
+        art,
+        art.manifest,
+        art.id,
+        "baked",
+        tmp_path / "2",
+    )
+    assert one.weights is not None
+    assert two.weights is not None
+    assert one.weights.digest == two.weights.digest
+    assert one.weights.dockerfile.read_bytes() == two.weights.dockerfile.read_bytes()
+    assert one.dockerfile.read_bytes() != two.dockerfile.read_bytes()  # recipe names and env differ
+    other_base = recipe(tmp_path / "c", source, "one", extra="image: {base: 'python:3.12'}\n")
+    three = render.render(other_base, art, art.manifest, art.id, "baked", tmp_path / "3")
+    assert three.weights is not None
+    assert three.weights.digest != one.weights.digest
 
 
 def test_source_repo_and_commit_become_labels(tmp_path: Path) -> None:
@@ -356,9 +407,14 @@ def test_no_secret_from_the_environment_reaches_the_context(
         blobs.append(json.dumps([result.build_args, result.env, result.labels]).encode())
         for value in SECRETS.values():
             assert not any(value.encode() in blob for blob in blobs), f"{value} leaked in {mode} mode"
-        assert set(result.build_args) == {"BASE_IMAGE", "PIP_FIND_LINKS"}
+        weights = {"WEIGHTS_IMAGE"} if mode == "baked" else set()
+        assert set(result.build_args) == {"BASE_IMAGE", "PIP_FIND_LINKS", *weights}
+        dockerfiles = [result.dockerfile, *([result.weights.dockerfile] if result.weights else [])]
         assert "ARG" not in {
-            w for w, r in instructions(result.dockerfile) if "TOKEN" in r or "AWS" in r or "KEY" in r
+            w
+            for dockerfile in dockerfiles
+            for w, r in instructions(dockerfile)
+            if "TOKEN" in r or "AWS" in r or "KEY" in r
         }
 
 
@@ -482,7 +538,7 @@ def test_render_command_writes_a_context_and_build_says_there_is_no_engine(
     context = Path(data["context_dir"])
     assert context.is_relative_to(tmp_path / "build" / "contexts" / "tiny")
     assert (context / "Dockerfile").is_file()
-    assert (context / "manifest.json").is_file()
+    assert (context / "weights-image" / "manifest.json").is_file()
     assert data["tag"] == naming.image_tag("localhost/packager", "tiny", data["artifact_id"], "baked")
     assert data["hard_linked"] > 0
     assert data["copied"] == 0

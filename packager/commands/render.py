@@ -78,6 +78,7 @@ def render_command(
         "dockerfile": str(result.dockerfile),
         "base_image": result.base_image,
         "layers": list(result.layer_steps),
+        "weights_image": result.weights.tag if result.weights else None,
         "hard_linked": result.linked,
         "copied": result.copied,
     }
@@ -88,6 +89,11 @@ def render_command(
             f"base     {result.base_image}",
             f"weights  {result.linked} hard-linked, {result.copied} copied",
             "layers   " + ", ".join(result.layer_steps),
+            *(
+                [f"weights  docker build -t {result.weights.tag} {result.weights.context_dir}"]
+                if result.weights
+                else []
+            ),
             f"build    docker build -t {result.tag} {result.context_dir}",
         ]
     )

@@ -2,8 +2,11 @@
 
 The classic builder (the SDK's build API) is used everywhere: it needs no buildx plugin and no
 `# syntax=` image, so it also works offline, and its layer cache gives what the layout needs
-(unchanged weight layers reused as they are). A build gets exactly two build args, BASE_IMAGE and
-PIP_FIND_LINKS: nothing from the environment reaches an ARG, ENV, label or the history. Registry
+(unchanged weight layers reused as they are). The classic API sends the whole context on every
+build, so a baked image is two builds: the weights image (sent once per artifact and base, then
+found by its labels) and the worker image FROM it, whose context is the code alone. Build args:
+BASE_IMAGE and PIP_FIND_LINKS (deps), WEIGHTS_IMAGE (baked worker): nothing from the environment
+reaches an ARG, ENV, label or the history. Registry
 credentials come from the docker config (`docker login`), never from the recipe.
 """
 
@@ -14,7 +17,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,11 +30,8 @@ from packager.image.code import worker_code_digest
 from packager.image.context import CONTEXT_MTIME
 from packager.image.engine import connect, engine_platform, engine_problem
 from packager.image.push import is_pushed, push, push_all
-from packager.image.render import (
-    RenderResult,
-    identity,
-    render,
-)
+from packager.image.render import LABEL_ROLE, LABEL_WEIGHTS, RenderResult, identity, render
+from packager.image.weights import WEIGHTS_CONTEXT
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
@@ -80,7 +80,8 @@ def find_built_image(
     labels = image.labels or {}
     if any(labels.get(k) != v for k, v in ident.labels.items()):
         return None
-    return built_result(client, image.id, ident.tag, image_tags(loaded, ident.tag), skipped=True)
+    tags = image_tags(loaded, ident.tag)
+    return built_result(client, image.id, ident.tag, tags, skipped=True, weights_tag=ident.weights_tag)
 
 
 def build(
@@ -161,19 +162,60 @@ def build_context(
     client = client or connect()
     say = sayer(quiet, echo)
     find_links = rendered.build_args.get("PIP_FIND_LINKS") or None
-    image_id = _run_build(
-        client,
-        rendered,
-        platform=loaded.recipe.image.platform,
-        network=network or _default_network(find_links),
-        no_cache=no_cache,
-        say=say,
+    platform = engine_platform(client, loaded.recipe.image.platform)
+    network = network or _default_network(find_links)
+    deps_args = {k: v for k, v in rendered.build_args.items() if k != "WEIGHTS_IMAGE"}
+    weights_built, weights_sent = False, 0
+    if rendered.weights is not None:
+        weights = rendered.weights
+        found = None if no_cache else find_weights_image(client, weights.digest)
+        if found is None:
+            say(f"building the weights image {weights.tag} (once per artifact and base)")
+            build = _Build(weights.context_dir, weights.tag, deps_args, platform, network, no_cache)
+            found, weights_sent = _run_build(client, build, say)
+            weights_built = True
+        else:
+            say(f"{weights.tag}: the weights image is up to date (found by its labels): not rebuilt")
+        repository, _, name = weights.tag.rpartition(":")
+        client.images.get(found).tag(repository, name)
+        args = {"WEIGHTS_IMAGE": weights.tag}
+        build = _Build(rendered.context_dir, rendered.tag, args, platform, None, no_cache, WEIGHTS_CONTEXT)
+    else:
+        build = _Build(rendered.context_dir, rendered.tag, deps_args, platform, network, no_cache)
+    image_id, sent = _run_build(client, build, say)
+    weights_tag = rendered.weights.tag if rendered.weights else None
+    tags = image_tags(loaded, rendered.tag)
+    result = built_result(client, image_id, rendered.tag, tags, skipped=False, weights_tag=weights_tag)
+    result = replace(
+        result,
+        context_dir=rendered.context_dir,
+        weights_built=weights_built,
+        context_bytes=sent,
+        weights_context_bytes=weights_sent,
     )
-    result = built_result(client, image_id, rendered.tag, image_tags(loaded, rendered.tag), skipped=False)
-    result = replace(result, context_dir=rendered.context_dir)
     if push:
         result = push_all(client, result, say)
     return replace(result, seconds=time.monotonic() - started)
+
+
+def find_weights_image(client: Any, digest: str) -> str | None:
+    """The id of a local weights image with this weights digest, built by any recipe, or None."""
+    wanted = [f"{LABEL_ROLE}=weights", f"{LABEL_WEIGHTS}={digest}"]
+    images = client.images.list(filters={"label": wanted})
+    return str(images[0].id) if images else None
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One call of the engine's build API: a context folder (less `skip`, a top-level entry)."""
+
+    context: Path
+    tag: str
+    args: dict[str, str]
+    platform: str | None
+    network: str | None
+    no_cache: bool
+    skip: str | None = None
 
 
 def _default_network(find_links: str | None) -> str | None:
@@ -182,30 +224,30 @@ def _default_network(find_links: str | None) -> str | None:
     return None
 
 
-def _run_build(
-    client: Any,
-    rendered: RenderResult,
-    *,
-    platform: str,
-    network: str | None,
-    no_cache: bool,
-    say: Callable[[str], None],
-) -> str:
-    """Stream the context to the engine and its build log back; the new image's id."""
+def _run_build(client: Any, build: _Build, say: Callable[[str], None]) -> tuple[str, int]:
+    """Stream the context to the engine and its build log back: the new image's id, and the bytes
+    of context the engine received."""
     import docker
 
     image_id: str | None = None
     recent: list[str] = []
+    sent = [0]
+
+    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            sent[0] += len(chunk)
+            yield chunk
+
     try:
         stream = client.api.build(
-            fileobj=_context_tar(rendered.context_dir),
+            fileobj=counted(_context_tar(build.context, build.skip)),
             custom_context=True,
             encoding=None,
-            tag=rendered.tag,
-            buildargs=rendered.build_args,
-            platform=engine_platform(client, platform),
-            network_mode=network,
-            nocache=no_cache,
+            tag=build.tag,
+            buildargs=build.args,
+            platform=build.platform,
+            network_mode=build.network,
+            nocache=build.no_cache,
             pull=False,
             rm=True,
             forcerm=True,
@@ -216,7 +258,7 @@ def _run_build(
                 detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
                 last = " | ".join(recent[-3:])
                 raise ImageError(
-                    f"docker build of {rendered.tag} failed: {' '.join(detail.split())[:400]}"
+                    f"docker build of {build.tag} failed: {' '.join(detail.split())[:400]}"
                     + (f" (last output: {last[-300:]})" if last else "")
                 )
             for line in (chunk.get("stream") or "").rstrip("\n").splitlines():
@@ -226,17 +268,18 @@ def _run_build(
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
     except docker.errors.APIError as exc:
-        raise ImageError(f"docker build of {rendered.tag} failed: {exc.explanation or exc}") from None
+        raise ImageError(f"docker build of {build.tag} failed: {exc.explanation or exc}") from None
     if image_id is None:
-        raise ImageError(f"docker build of {rendered.tag} ended without an image")
-    return image_id
+        raise ImageError(f"docker build of {build.tag} ended without an image")
+    return image_id, sent[0]
 
 
-def _context_tar(context: Path) -> Iterator[bytes]:
+def _context_tar(context: Path, skip: str | None = None) -> Iterator[bytes]:
     """The context as an uncompressed tar, streamed: the weights are never copied to a temp file.
 
     Owners are root and mtimes fixed, so the same files make the same COPY layers on any machine
-    and under any user: a layer's bytes depend on what is in it and on nothing else.
+    and under any user: a layer's bytes depend on what is in it and on nothing else. `skip` (a
+    top-level entry: a baked context's weights-image/) is left out, as its .dockerignore says.
     """
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
@@ -248,6 +291,8 @@ def _context_tar(context: Path) -> Iterator[bytes]:
                 tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
             ):
                 for path in sorted(context.rglob("*")):
+                    if skip is not None and path.relative_to(context).parts[0] == skip:
+                        continue
                     info = tar.gettarinfo(str(path), arcname=path.relative_to(context).as_posix())
                     info.uid = info.gid = 0
                     info.uname = info.gname = "root"

@@ -46,6 +46,12 @@ class BuildResult:
     uploaded_layers: int = 0
     seconds: float = 0.0
     context_dir: Path | None = None
+    # Baked mode: the weights image this one is built FROM (pushed with it), whether this build
+    # made it (False: found by its labels), and the bytes each build sent the engine as context.
+    weights_tag: str | None = None
+    weights_built: bool = False
+    context_bytes: int = 0
+    weights_context_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +65,10 @@ class BuildResult:
             "uploaded_layers": self.uploaded_layers,
             "seconds": round(self.seconds, 3),
             "context_dir": str(self.context_dir) if self.context_dir else None,
+            "weights_tag": self.weights_tag,
+            "weights_built": self.weights_built,
+            "context_bytes": self.context_bytes,
+            "weights_context_bytes": self.weights_context_bytes,
         }
 
 
@@ -80,7 +90,13 @@ def image_layers(client: Any, image: str) -> tuple[Layer, ...]:
 
 
 def built_result(
-    client: Any, image_id: str, tag: str, tags: tuple[str, ...], *, skipped: bool
+    client: Any,
+    image_id: str,
+    tag: str,
+    tags: tuple[str, ...],
+    *,
+    skipped: bool,
+    weights_tag: str | None = None,
 ) -> BuildResult:
     image = client.images.get(image_id)
     for extra in tags:
@@ -94,6 +110,7 @@ def built_result(
         skipped=skipped,
         pushed=False,
         tags=tags,
+        weights_tag=weights_tag,
     )
 
 

@@ -73,6 +73,10 @@ def rendered_samples(folder: Path) -> list[Path]:
             target = folder / f"{mode}-torch-{has_torch}.Dockerfile"
             target.write_text(p.text)
             out.append(target)
+            if p.weights is not None:
+                target = folder / f"weights-torch-{has_torch}.Dockerfile"
+                target.write_text(p.weights.text)
+                out.append(target)
     return out
 
 

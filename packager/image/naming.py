@@ -39,6 +39,12 @@ def published_model(loaded: LoadedRecipe, artifact_id: str) -> tuple[str, str]:
     return published["repo"], published["commit"]
 
 
+def weights_tag(repository: str, artifact_id: str, weights_digest: str) -> str:
+    """`<repository>:weights-<id[:12]>-<digest[:8]>`: the baked worker image's parent, per artifact
+    and base (the digest covers the base and the requirements), shared by every recipe."""
+    return f"{repository}:weights-{short_id(artifact_id)}-{weights_digest[:8]}"
+
+
 def model_dir(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> str:
     if mode == "baked":
         return BAKED_MODEL_DIR

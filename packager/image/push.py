@@ -34,7 +34,18 @@ def push(image: BuildResult, *, quiet: bool = False, client: Any = None) -> Buil
 
 
 def push_all(client: Any, image: BuildResult, say: Callable[[str], None]) -> BuildResult:
-    uploaded = sum(_push(client, tag, say) for tag in (image.tags or (image.tag,)))
+    """The weights image first (a baked image's parent, so the worker's push finds its layers
+    there), then every tag of the image; counts the layers uploaded."""
+    import docker
+
+    tags = image.tags or (image.tag,)
+    if image.weights_tag:
+        try:
+            client.images.get(image.weights_tag)
+            tags = (image.weights_tag, *tags)
+        except docker.errors.ImageNotFound:
+            say(f"{image.weights_tag} is not on this engine: its layers go up with {image.tag}")
+    uploaded = sum(_push(client, tag, say) for tag in tags)
     return replace(image, pushed=True, uploaded_layers=uploaded)
 
 

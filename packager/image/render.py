@@ -32,9 +32,15 @@ from packager.image.context import (
     DOCKERIGNORE,
     check_artifact,
     fix_dir_modes,
-    link_or_copy,
     replace_dir,
     write_file,
+)
+from packager.image.weights import (
+    WEIGHTS_CONTEXT,
+    WeightsContext,
+    WeightsPlan,
+    weights_digest,
+    write_weights_context,
 )
 from packager.settings import build_dir, secret_values
 from packager.source.recipe import LoadedRecipe
@@ -46,30 +52,24 @@ if TYPE_CHECKING:
 
 # Layer steps, in build order: what each instruction that adds a layer holds (see RenderResult).
 STEP_DEPS = ("requirements", "pip install")
-
-
 STEP_CODE = ("code", "compile")
-
-
 LABEL_RECIPE = "packager.recipe"
-
-
 LABEL_MODE = "packager.mode"
-
-
 LABEL_ARTIFACT = "packager.artifact-id"
-
-
 LABEL_SOURCE = "packager.source.repo"
-
-
 LABEL_COMMIT = "packager.source.commit"
-
-
 LABEL_CODE = "packager.worker-code-digest"
-
-
 LABEL_CONFIG = "packager.config-digest"
+
+
+# Baked mode's weights image carries `weights`, the worker image built FROM it `worker`: a search by
+# the weights digest must not find a worker image, which inherits the weights image's labels.
+LABEL_ROLE = "packager.role"
+
+
+# What the weights image's layers depend on (artifact, base, requirements, platform, templates): the
+# label by which any recipe producing the same artifact on the same base finds and reuses it.
+LABEL_WEIGHTS = "packager.weights-digest"
 
 
 # What each layer the Dockerfile adds holds, as a JSON list: `docker inspect` shows it, and a build
@@ -99,6 +99,9 @@ class RenderResult:
     linked: int
     copied: int
 
+    # Baked mode: the weights image's context, built (or found by its labels) before this one.
+    weights: WeightsContext | None = None
+
     @property
     def config_digest(self) -> str:
         return self.labels[LABEL_CONFIG]
@@ -123,6 +126,7 @@ class Plan:
     large_files: tuple[str, ...]
     small_files: tuple[str, ...]
     layer_steps: tuple[str, ...]
+    weights: WeightsPlan | None = None
 
 
 def dockerfile_quote(value: str) -> str:
@@ -190,7 +194,9 @@ class Identity:
     base_image: str
     env: dict[str, str]
     requirements: str
-    labels: dict[str, str]  # artifact id, worker code digest, config digest
+    labels: dict[str, str]  # artifact id, worker code digest, config digest (+ weights digest)
+    weights_tag: str | None = None  # baked mode: the weights image the worker image is built FROM
+    weights_digest: str | None = None
 
 
 def identity(
@@ -219,16 +225,24 @@ def identity(
         "env": env,
         "requirements": requirements,
     }
+    labels = {
+        LABEL_ARTIFACT: artifact_id,
+        LABEL_CODE: worker_code_digest(),
+        LABEL_CONFIG: hashlib.sha256(mf.canonical_json(config)).hexdigest(),
+    }
+    weights = weights_tag = None
+    if mode == "baked":
+        weights = weights_digest(artifact_id, base, image.base_has_torch, image.platform, requirements)
+        weights_tag = naming.weights_tag(image.repository, artifact_id, weights)
+        labels[LABEL_WEIGHTS] = weights
     return Identity(
         tag=naming.image_tag(image.repository, loaded.recipe.name, artifact_id, mode),
         base_image=base,
         env=env,
         requirements=requirements,
-        labels={
-            LABEL_ARTIFACT: artifact_id,
-            LABEL_CODE: worker_code_digest(),
-            LABEL_CONFIG: hashlib.sha256(mf.canonical_json(config)).hexdigest(),
-        },
+        labels=labels,
+        weights_tag=weights_tag,
+        weights_digest=weights,
     )
 
 
@@ -267,25 +281,42 @@ def plan(
         LABEL_SOURCE: repo,
         LABEL_COMMIT: commit,
         **ident.labels,
+        **({LABEL_ROLE: "worker"} if mode == "baked" else {}),
         LABEL_LAYERS: json.dumps(steps, separators=(",", ":")),
     }
-    text = (
-        _environment()
-        .get_template(f"{mode}.Dockerfile.j2")
-        .render(
-            name=loaded.recipe.name,
-            artifact_id=artifact_id,
-            base_image=ident.base_image,
-            base_has_torch=image.base_has_torch,
-            model_dir=model_dir,
-            large_files=[(f"weights/large/{p}", f"{model_dir}/{p}") for p in large],
-            has_small_files=bool(small),
-            env=ident.env,
-            labels=labels,
+    values = {
+        "name": loaded.recipe.name,
+        "artifact_id": artifact_id,
+        "base_image": ident.base_image,
+        "base_has_torch": image.base_has_torch,
+        "model_dir": model_dir,
+        "large_files": [(f"weights/large/{p}", f"{model_dir}/{p}") for p in large],
+        "has_small_files": bool(small),
+        "env": ident.env,
+        "weights_image": ident.weights_tag,
+    }
+    templates = _environment()
+    text = templates.get_template(f"{mode}.Dockerfile.j2").render(labels=labels, **values)
+    weights = None
+    if ident.weights_tag is not None and ident.weights_digest is not None:
+        weight_steps = tuple(steps[: -len(STEP_CODE)])
+        weight_labels = {
+            LABEL_ROLE: "weights",
+            LABEL_ARTIFACT: artifact_id,
+            LABEL_WEIGHTS: ident.weights_digest,
+            LABEL_LAYERS: json.dumps(weight_steps, separators=(",", ":")),
+        }
+        weights = WeightsPlan(
+            text=templates.get_template("weights.Dockerfile.j2").render(labels=weight_labels, **values),
+            tag=ident.weights_tag,
+            digest=ident.weights_digest,
+            labels=weight_labels,
+            layer_steps=weight_steps,
         )
-    )
     build_args = {"BASE_IMAGE": ident.base_image, "PIP_FIND_LINKS": pip_find_links or ""}
-    rendered = text + ident.requirements + json.dumps(build_args)
+    if weights is not None:
+        build_args["WEIGHTS_IMAGE"] = weights.tag
+    rendered = text + (weights.text if weights else "") + ident.requirements + json.dumps(build_args)
     if any(v in rendered for v in secret_values()):
         raise ImageError(
             "the rendered Dockerfile would contain the value of a secret environment variable "
@@ -303,6 +334,7 @@ def plan(
         large_files=large,
         small_files=small,
         layer_steps=tuple(steps),
+        weights=weights,
     )
 
 
@@ -363,19 +395,22 @@ def render(
     try:
         tmp.mkdir(mode=DIR_MODE)
         write_file(tmp / "Dockerfile", p.text.encode())
-        write_file(tmp / ".dockerignore", DOCKERIGNORE.encode())
-        write_file(tmp / "requirements.txt", p.requirements.encode())
+        write_file(
+            tmp / ".dockerignore", (DOCKERIGNORE + (f"{WEIGHTS_CONTEXT}/\n" if p.weights else "")).encode()
+        )
         for rel, src in code_files():
             write_file(tmp / "code" / rel, src.read_bytes())
-        if mode == "baked":
+        if p.weights is None:
+            write_file(tmp / "requirements.txt", p.requirements.encode())
+        else:
             assert artifact_dir is not None
-            for rel in p.large_files:
-                did_link = link_or_copy(artifact_dir / rel, tmp / "weights" / "large" / rel)
-                linked, copied = linked + did_link, copied + (not did_link)
-            for rel in p.small_files:
-                did_link = link_or_copy(artifact_dir / rel, tmp / "weights" / "small" / rel)
-                linked, copied = linked + did_link, copied + (not did_link)
-            write_file(tmp / "manifest.json", (artifact_dir / mf.MANIFEST_NAME).read_bytes())
+            linked, copied = write_weights_context(
+                tmp / WEIGHTS_CONTEXT,
+                p.weights,
+                p.requirements,
+                {"large": p.large_files, "small": p.small_files},
+                artifact_dir,
+            )
         fix_dir_modes(tmp)
         replace_dir(tmp, target)
     except BaseException:
@@ -394,4 +429,14 @@ def render(
         large_files=p.large_files,
         linked=linked,
         copied=copied,
+        weights=None
+        if p.weights is None
+        else WeightsContext(
+            context_dir=target / WEIGHTS_CONTEXT,
+            dockerfile=target / WEIGHTS_CONTEXT / "Dockerfile",
+            tag=p.weights.tag,
+            digest=p.weights.digest,
+            labels=p.weights.labels,
+            layer_steps=p.weights.layer_steps,
+        ),
     )

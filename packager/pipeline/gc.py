@@ -67,7 +67,7 @@ def collect(recipes_dir: Path, *, dry_run: bool, images: bool) -> list[tuple[str
 
 def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
     from packager.image.engine import engine_problem
-    from packager.image.render import LABEL_ARTIFACT
+    from packager.image.render import LABEL_ARTIFACT, LABEL_ROLE
 
     if engine_problem():
         return []
@@ -75,7 +75,10 @@ def _images(keep: set[str], dry_run: bool) -> list[tuple[str, str]]:
 
     client = docker.from_env()
     removed = []
-    for image in client.images.list(filters={"label": LABEL_ARTIFACT}):
+    # Worker images before the weights images they are built FROM: a parent goes only once its
+    # children have.
+    images = client.images.list(filters={"label": LABEL_ARTIFACT})
+    for image in sorted(images, key=lambda i: (i.labels or {}).get(LABEL_ROLE) == "weights"):
         artifact_id = (image.labels or {}).get(LABEL_ARTIFACT)
         if artifact_id and artifact_id not in keep:
             removed.append(("image", ", ".join(image.tags) or image.short_id))

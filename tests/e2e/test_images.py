@@ -202,7 +202,11 @@ def baked(
         quiet=True,
         client=docker_rig.client(),
     )
-    report(first_build_s=round(result.seconds, 1), first_build_skipped=result.skipped)
+    report(
+        first_build_s=round(result.seconds, 1),
+        first_build_skipped=result.skipped,
+        first_build_context_bytes=result.context_bytes + result.weights_context_bytes,
+    )
     return result
 
 
@@ -370,6 +374,14 @@ def test_code_only_rebuild_reuses_every_weight_layer(
     )
     assert not rebuilt.skipped
     assert rebuilt.image_id != baked.image_id
+    # The weights reached the engine once, with the first build; this one sent the code alone.
+    assert baked.weights_built
+    assert baked.weights_context_bytes > PADDING_BYTES
+    assert not rebuilt.weights_built
+    assert rebuilt.weights_context_bytes == 0
+    code_bytes = sum(path.stat().st_size for _, path in code.code_files())
+    assert code_bytes < rebuilt.context_bytes < code_bytes + 1024 * 1024
+    assert rebuilt.context_bytes < baked.weights_context_bytes / 50
     before = {x.step: x.digest for x in baked.layers}
     after = {x.step: x.digest for x in rebuilt.layers}
     for step in WEIGHT_STEPS:
@@ -378,7 +390,41 @@ def test_code_only_rebuild_reuses_every_weight_layer(
         assert after[step] != before[step], f"{step} layer should hold the new code"
     # The image under the tag is the new one, and it still serves.
     assert_served_a_png(run_worker(docker_rig, rebuilt.tag, work))
-    report(code_only_rebuild_s=round(rebuilt.seconds, 1))
+    report(code_only_rebuild_s=round(rebuilt.seconds, 1), code_only_context_bytes=rebuilt.context_bytes)
+
+
+def test_another_recipe_with_the_same_artifact_reuses_the_weights_image(
+    docker_rig: DockerRig,
+    baked: image_built.BuildResult,
+    tiny: tuple[Path, Artifact],
+    work: Path,
+) -> None:
+    """Found by its labels, not rebuilt: no weight byte is sent, and every weight layer digest is
+    the first recipe's, under another repository and another worker config."""
+    source, art = tiny
+    extra = (
+        f"image: {{base: '{docker_rig.base_image}', base_has_torch: false, "
+        f"repository: '{docker_rig.registry}/packager-e2e-other'}}\n"
+        "worker:\n  defaults: {num_inference_steps: 2, width: 128, height: 128}\n"
+    )
+    other = load_recipe(tiny_recipe(work / "other-recipe", source, "tiny-other", extra))
+    result = image_build.build(
+        other,
+        art,
+        art.manifest,
+        art.id,
+        "baked",
+        pip_find_links=docker_rig.find_links,
+        quiet=True,
+        client=docker_rig.client(),
+    )
+    assert not result.weights_built
+    assert result.weights_context_bytes == 0
+    assert result.weights_tag is not None
+    assert result.weights_tag.startswith(f"{docker_rig.registry}/packager-e2e-other:weights-{art.id[:12]}-")
+    before = {x.step: x.digest for x in baked.layers}
+    after = {x.step: x.digest for x in result.layers}
+    assert [after[step] for step in WEIGHT_STEPS] == [before[step] for step in WEIGHT_STEPS]
 
 
 # --- 4. registry round trip ---------------------------------------------------------------------------------
@@ -410,6 +456,10 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     assert pushed.pushed
     assert pushed.uploaded_layers >= len(WEIGHT_STEPS) + len(CODE_STEPS)
     assert image_push.is_pushed(pushed, client=client)
+    # Both images are in the registry: the weights image other builds start from, and the worker.
+    assert pushed.weights_tag is not None
+    weights_remote = client.api.inspect_distribution(pushed.weights_tag)["Descriptor"]["digest"]
+    assert weights_remote.startswith("sha256:")
 
     # A code-only release: the registry already has every layer but the code ones.
     shipped_code_copy(work / "code-v3", monkeypatch, "v3")
