@@ -43,7 +43,6 @@ def test_worker_config_written_by_the_packager_is_read_by_the_worker(tmp_path: P
         guidance_scale=5.0,
         width=768,
         height=None,
-        num_images=1,
         negative_prompt="blurry",
     )
     assert parsed.limits == Limits(

@@ -33,14 +33,19 @@ _TRUE = {"1", "true", "yes", "on"}
 
 @dataclass(frozen=True)
 class Defaults:
-    """Used for fields a request leaves out (recipe `worker.defaults`)."""
+    """Used for fields a request leaves out (recipe `worker.defaults`). None: the pipeline's own
+    default (its `__call__`'s, or its model card's where that differs; see family.py)."""
 
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
     width: int | None = None
     height: int | None = None
-    num_images: int = 1
-    negative_prompt: str = ""
+    num_images: int | None = None
+    negative_prompt: str | None = None
+    max_sequence_length: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class Limits:
     max_images: int = 4
     max_pixels: int = 1024 * 1024
     max_guidance: float = 30.0
+    max_frames: int = 161
+    # frames x width x height: LTX-Video's 161 frames at 704x512 and Wan's 81 at 832x480 fit.
+    max_video_pixels: int = 161 * 704 * 512
 
 
 @dataclass(frozen=True)
@@ -117,18 +125,20 @@ def _section(raw: Any, cls: type, where: str) -> Any:
         raise StartError(f"{where}: must be a JSON object (got {type(raw).__name__})")
     _no_unknown(raw, cls, where)
     values: dict[str, Any] = {}
-    defaults = cls()
     for f in fields(cls):
         if f.name not in raw:
             continue
         value = raw[f.name]
-        default = getattr(defaults, f.name)
-        if value is None and default is None:
+        kind = str(f.type)
+        if value is None and kind.endswith("| None"):
             values[f.name] = None
-        elif isinstance(default, str):
+        elif kind.startswith("str"):
             values[f.name] = _typed(value, str, f"{where}.{f.name}")
-        elif isinstance(default, float):
-            values[f.name] = float(_typed(value, (int, float), f"{where}.{f.name}"))
+        elif kind.startswith("float"):
+            number = float(_typed(value, (int, float), f"{where}.{f.name}"))
+            if number < 0:
+                raise StartError(f"{where}.{f.name}: must be at least 0 (got {number:g})")
+            values[f.name] = number
         else:
             values[f.name] = _positive_int(value, f"{where}.{f.name}")
     return cls(**values)

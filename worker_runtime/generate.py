@@ -2,6 +2,8 @@
 
 The pipeline object is shared by every job, so whatever a request changes on it (scheduler,
 safety checker) is set for that request and put back afterwards, even when inference fails.
+Only the parameters the pipeline's `__call__` has are passed (family.CallSpec); fields left unset
+are not passed at all, so the pipeline's own defaults apply.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from worker_runtime.family import CallSpec
 from worker_runtime.load import Loaded
 from worker_runtime.requests import Generation
 
@@ -21,11 +24,13 @@ class OutOfMemory(Exception):
 
 @dataclass(frozen=True)
 class Result:
-    images: list[Any]
+    images: list[Any]  # for videos: each video's first frame
     seed: int
     scheduler: str
     inference_ms: float
     nsfw: list[bool] | None
+    videos: list[list[Any]] | None = None  # PIL frames of each video
+    fps: int | None = None
 
 
 class Schedulers:
@@ -57,7 +62,32 @@ class Schedulers:
         return self._built[name]
 
 
-def run(loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any) -> Result:
+def call_kwargs(gen: Generation, call: CallSpec) -> dict[str, Any]:
+    """The checked request as `__call__` keyword arguments, for the parameters the pipeline has."""
+    kwargs: dict[str, Any] = {
+        "prompt": gen.prompt,
+        "num_inference_steps": gen.num_inference_steps,
+        "guidance_scale": gen.guidance_scale,
+        "width": gen.width,
+        "height": gen.height,
+        "output_type": "pil",
+    }
+    optional = {
+        "negative_prompt": gen.negative_prompt,
+        "true_cfg_scale": gen.true_cfg_scale,
+        "max_sequence_length": gen.max_sequence_length,
+        "num_frames": gen.num_frames,
+        "fps": gen.fps,
+        "num_images": gen.num_images,
+    }
+    for field, value in optional.items():
+        param = call.param(field)
+        if value is not None and param is not None:
+            kwargs[param] = value
+    return {k: v for k, v in kwargs.items() if k in call.params}
+
+
+def run(loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any, call: CallSpec) -> Result:
     pipe = loaded.pipe
     seed = gen.seed if gen.seed is not None else secrets.randbits(32)
     # A CPU generator gives the same latents for a seed on every device (CUDA's RNG differs).
@@ -69,17 +99,7 @@ def run(loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any) -> 
         pipe.safety_checker = None
     started = time.perf_counter()
     try:
-        out = pipe(
-            prompt=gen.prompt,
-            negative_prompt=gen.negative_prompt or None,
-            num_inference_steps=gen.num_inference_steps,
-            guidance_scale=gen.guidance_scale,
-            width=gen.width,
-            height=gen.height,
-            num_images_per_prompt=gen.num_images,
-            generator=generator,
-            output_type="pil",
-        )
+        out = pipe(**call_kwargs(gen, call), generator=generator)
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         raise OutOfMemory(_oom_message(gen, exc)) from None
@@ -93,12 +113,17 @@ def run(loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any) -> 
         torch.cuda.synchronize()
     elapsed_ms = (time.perf_counter() - started) * 1000
     nsfw = getattr(out, "nsfw_content_detected", None)
+    if call.video is not None:
+        videos = [list(frames) for frames in out.frames]
+        first = [frames[0] for frames in videos]
+        return Result(first, seed, type(scheduler).__name__, elapsed_ms, nsfw, videos, gen.fps)
     return Result(list(out.images), seed, type(scheduler).__name__, elapsed_ms, nsfw)
 
 
 def _oom_message(gen: Generation, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    frames = f" x {gen.num_frames} frames" if gen.num_frames else ""
     return (
-        f"out of memory at {gen.width}x{gen.height}, {gen.num_images} image(s), "
+        f"out of memory at {gen.width}x{gen.height}{frames}, {gen.num_images} image(s), "
         f"{gen.num_inference_steps} steps: {first[:200]}"
     )

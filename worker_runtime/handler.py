@@ -31,7 +31,7 @@ import traceback
 from typing import Any, NoReturn
 
 from artifact_format.vocab import short_id
-from worker_runtime import artifact, clock, config, encode, generate, imports, load, requests
+from worker_runtime import artifact, clock, config, encode, family, generate, imports, load, requests
 from worker_runtime.errors import RequestError, StartError
 
 PROCESS_START = clock.process_start()
@@ -69,6 +69,8 @@ try:
         raise StartError(artifact.explain_load_failure(ARTIFACT, exc)) from None
     LOAD_S = time.perf_counter() - mark
 
+    CALL = family.describe(LOADED.pipe, SETTINGS.worker.defaults)
+
     mark = time.perf_counter()
     if SETTINGS.worker.warmup:
         load.warm_up(LOADED)
@@ -90,7 +92,7 @@ print(
 
 SCHEDULERS = generate.Schedulers(LOADED.pipe)
 SERVING = requests.Serving(
-    defaults=SETTINGS.worker.defaults,
+    call=CALL,
     limits=SETTINGS.worker.limits,
     default_size=LOADED.default_size,
     pipeline=ARTIFACT.manifest.pipeline,
@@ -120,19 +122,20 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     except RequestError as exc:
         return {"error": str(exc)}
     try:
-        result = generate.run(LOADED, gen, SCHEDULERS, torch)
+        result = generate.run(LOADED, gen, SCHEDULERS, torch, CALL)
     except generate.OutOfMemory as exc:
         return {"error": str(exc), "refresh_worker": True}
     except Exception as exc:
         traceback.print_exc()
         return {"error": f"inference failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
     pngs = [encode.png_bytes(image) for image in result.images]
+    mp4s = [encode.mp4_bytes(frames, result.fps or 1) for frames in result.videos or ()]
     job_id = str(job.get("id") or "job")
     try:
         out = (
-            encode.upload(pngs, job_id, SETTINGS.bucket_name)
+            encode.upload(pngs, job_id, SETTINGS.bucket_name, mp4s)
             if gen.output == "s3"
-            else encode.as_base64(pngs)
+            else encode.as_base64(pngs, mp4s)
         )
     except Exception as exc:
         return {"error": f"output: upload to S3 failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
@@ -141,6 +144,8 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         timings["init"] = round(READY_S * 1000, 1)
         _first_job = False
     out["seed"] = result.seed
+    if result.videos is not None:
+        out["num_frames"], out["fps"] = len(result.videos[0]), result.fps
     if result.nsfw is not None:
         out["nsfw_content_detected"] = result.nsfw
     out["$timings"] = timings
@@ -148,7 +153,7 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     if gen.request_id is not None:
         out["$meta"]["startRequestId"] = gen.request_id
     if SETTINGS.save_dir is not None:
-        encode.save(pngs, out, SETTINGS.save_dir, job_id)
+        encode.save(pngs, out, SETTINGS.save_dir, job_id, mp4s)
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact_format import manifest as mf
+from worker_runtime import layerwise
 from worker_runtime.readahead import Readahead
 
 PRECISION_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -84,6 +85,7 @@ def load_pipeline(
         # Each tensor goes from the mapped file to the GPU once, never through a CPU copy.
         # (diffusers takes a bare device name here; "cuda:N" is moved after loading.)
         kwargs["device_map"] = device
+    kwargs.update(layerwise.load_kwargs(manifest, model_dir, torch, device, dtype))
     pipe = pipeline_class.from_pretrained(str(model_dir), **kwargs)
     if device not in ("cpu", "cuda"):
         pipe = pipe.to(device)

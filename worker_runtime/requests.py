@@ -1,18 +1,23 @@
 """Job input → a checked generation request, for both request shapes the worker accepts.
 
 RunPod-native input (flat):
-    {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
-     "seed", "num_images", "scheduler", "output"}
+    {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "true_cfg_scale",
+     "width", "height", "seed", "num_images", "max_sequence_length", "num_frames", "fps",
+     "scheduler", "output"}
 
 docker-diffusers-api input, so its users can move without changing clients:
-    {"modelInputs": {prompt, negative_prompt, num_inference_steps, guidance_scale, width, height,
-                     seed, num_images_per_prompt},
+    {"modelInputs": {prompt, negative_prompt, num_inference_steps, guidance_scale, true_cfg_scale,
+                     width, height, seed, num_images_per_prompt, max_sequence_length, num_frames,
+                     fps},
      "callInputs": {MODEL_ID, PIPELINE, SCHEDULER, MODEL_PRECISION, safety_checker,
                     startRequestId, xformers_memory_efficient_attention, output}}
 MODEL_ID, PIPELINE and MODEL_PRECISION must name what this worker serves (one artifact per
 endpoint: there is nothing to switch to). xformers_memory_efficient_attention is accepted and has
 no effect (PyTorch's own attention kernels are used). Image inputs (init_image, mask_image),
 training and status callbacks (SEND_URL) are not part of this worker and are refused by name.
+
+Which of these fields a request may carry, and their defaults, depend on the loaded pipeline
+(family.py): a field it cannot take is refused in one line naming the field and the pipeline.
 
 Every check happens here, before any tensor is touched, so a bad request costs microseconds and
 can never leave the pipeline half-configured. Each refusal is one line naming the field.
@@ -24,15 +29,18 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from worker_runtime.config import Defaults, Limits
+from worker_runtime.config import Limits
 from worker_runtime.errors import RequestError
+from worker_runtime.family import TRUE_CFG_WITH_NEGATIVE, CallSpec
 
 # CLIP reads 77 tokens; this only bounds the memory and log lines a hostile prompt can cost.
 MAX_PROMPT_CHARS = 10_000
 # Below this the UNet's downsampling leaves nothing to work on.
 MIN_SIDE = 64
-SIDE_MULTIPLE = 8
 MAX_SEED = 2**63 - 1
+# The T5 pipelines refuse more (FLUX.1 and SD3 cap at 512); a bound on what a prompt costs.
+MAX_SEQUENCE_LENGTH = 512
+MAX_FPS = 60
 OUTPUTS = ("base64", "s3")
 # docker-diffusers-api's old short scheduler names, still sent by some clients.
 SCHEDULER_ALIASES = {"LMS": "LMSDiscreteScheduler", "DDIM": "DDIMScheduler", "PNDM": "PNDMScheduler"}
@@ -42,10 +50,14 @@ RUNPOD_FIELDS = (
     "negative_prompt",
     "num_inference_steps",
     "guidance_scale",
+    "true_cfg_scale",
     "width",
     "height",
     "seed",
     "num_images",
+    "max_sequence_length",
+    "num_frames",
+    "fps",
     "scheduler",
     "output",
 )
@@ -54,11 +66,17 @@ MODEL_INPUTS = (
     "negative_prompt",
     "num_inference_steps",
     "guidance_scale",
+    "true_cfg_scale",
     "width",
     "height",
     "seed",
     "num_images_per_prompt",
+    "max_sequence_length",
+    "num_frames",
+    "fps",
 )
+# Fields only some pipelines take (checked against the pipeline's `__call__`).
+PIPELINE_FIELDS = ("negative_prompt", "true_cfg_scale", "max_sequence_length", "num_frames", "fps")
 CALL_INPUTS = (
     "MODEL_ID",
     "PIPELINE",
@@ -76,7 +94,7 @@ class Generation:
     """One checked request: everything the pipeline call needs, nothing left to default."""
 
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: not passed (the pipeline's own default)
     num_inference_steps: int
     guidance_scale: float
     width: int
@@ -87,13 +105,17 @@ class Generation:
     output: Literal["base64", "s3"]
     safety_checker: bool  # run the artifact's safety checker (False when it has none)
     request_id: str | None = None
+    true_cfg_scale: float | None = None
+    max_sequence_length: int | None = None
+    num_frames: int | None = None  # video pipelines only
+    fps: int | None = None  # video pipelines only: the MP4's rate (and LTX's `frame_rate`)
 
 
 @dataclass(frozen=True)
 class Serving:
     """What this worker serves and allows: the context every request is checked against."""
 
-    defaults: Defaults
+    call: CallSpec  # what the pipeline takes and defaults to (recipe defaults folded in)
     limits: Limits
     default_size: tuple[int, int]
     pipeline: str
@@ -178,7 +200,11 @@ def _build(
     scheduler_field: str = "scheduler",
     output_field: str = "output",
 ) -> Generation:
-    d, lim = serving.defaults, serving.limits
+    call, lim = serving.call, serving.limits
+    d = call.defaults
+    for key in PIPELINE_FIELDS:
+        if values.get(key) is not None and not call.takes(key):
+            raise RequestError(f"{prefix}{key}: {call.pipeline} does not take it")
     prompt = values.get("prompt")
     if prompt is None:
         raise RequestError(f"{prefix}prompt: required")
@@ -186,17 +212,29 @@ def _build(
     if not prompt.strip():
         raise RequestError(f"{prefix}prompt: must not be empty")
     negative = values.get("negative_prompt")
-    negative = d.negative_prompt if negative is None else _str(negative, f"{prefix}negative_prompt")
-    steps = _int(values, "num_inference_steps", d.num_inference_steps, 1, lim.max_steps, prefix)
-    guidance = _number(values, "guidance_scale", d.guidance_scale, 0.0, lim.max_guidance, prefix)
-    width = _side(values, "width", d.width or serving.default_size[0], lim.max_width, prefix)
-    height = _side(values, "height", d.height or serving.default_size[1], lim.max_height, prefix)
+    negative = d["negative_prompt"] if negative is None else _str(negative, f"{prefix}negative_prompt")
+    true_cfg = _true_cfg(values, call, negative, lim.max_guidance, prefix)
+    steps = _int(values, "num_inference_steps", d["num_inference_steps"], 1, lim.max_steps, prefix)
+    guidance = _number(values, "guidance_scale", d["guidance_scale"], 0.0, lim.max_guidance, prefix)
+    multiple = call.size_multiple
+    width = _side(
+        values, "width", d["width"] or serving.default_size[0], lim.max_width, multiple, call, prefix
+    )
+    height = _side(
+        values, "height", d["height"] or serving.default_size[1], lim.max_height, multiple, call, prefix
+    )
     if width * height > lim.max_pixels:
         raise RequestError(
             f"{prefix}width x {prefix}height: {width}x{height} = {width * height} pixels is over the "
             f"limit of {lim.max_pixels}"
         )
-    num_images = _int(values, num_images_key, d.num_images, 1, lim.max_images, prefix)
+    num_images = _int(values, num_images_key, d["num_images"] or 1, 1, lim.max_images, prefix)
+    max_seq = None
+    if call.takes("max_sequence_length"):
+        max_seq = _int(
+            values, "max_sequence_length", d["max_sequence_length"], 1, MAX_SEQUENCE_LENGTH, prefix
+        )
+    frames, fps = _video(values, call, lim, width * height, prefix)
     seed = values.get("seed")
     if seed is not None:
         seed = _int(values, "seed", 0, 0, MAX_SEED, prefix)
@@ -221,7 +259,52 @@ def _build(
         scheduler=scheduler,
         output=output,
         safety_checker=serving.has_safety_checker,
+        true_cfg_scale=true_cfg,
+        max_sequence_length=max_seq,
+        num_frames=frames,
+        fps=fps,
     )
+
+
+def _true_cfg(
+    values: Mapping[str, Any], call: CallSpec, negative: str | None, hi: float, prefix: str
+) -> float | None:
+    """FLUX.1 runs a negative prompt only as true CFG: on at 4.0 unless the request or recipe says."""
+    if not call.takes("true_cfg_scale"):
+        return None
+    scale: float | None = _number(values, "true_cfg_scale", call.defaults["true_cfg_scale"], 0.0, hi, prefix)
+    if not negative:
+        return scale
+    if scale is None:
+        return TRUE_CFG_WITH_NEGATIVE
+    if scale <= 1:
+        raise RequestError(
+            f"{prefix}negative_prompt: {call.pipeline} uses a negative prompt only with "
+            f"true_cfg_scale > 1 (got {scale:g})"
+        )
+    return scale
+
+
+def _video(
+    values: Mapping[str, Any], call: CallSpec, lim: Limits, pixels: int, prefix: str
+) -> tuple[int | None, int | None]:
+    """num_frames (step*k + 1, within the limits) and fps, for video pipelines."""
+    if call.video is None:
+        return None, None
+    step = call.video.frame_step
+    frames = _int(values, "num_frames", call.defaults["num_frames"], 1, lim.max_frames, prefix)
+    if (frames - 1) % step:
+        raise RequestError(
+            f"{prefix}num_frames: {call.pipeline} makes {step}k+1 frames (1, {step + 1}, {2 * step + 1}, …; "
+            f"got {frames})"
+        )
+    if frames * pixels > lim.max_video_pixels:
+        raise RequestError(
+            f"{prefix}num_frames: {frames} frames x {pixels} pixels = {frames * pixels} is over the "
+            f"limit of {lim.max_video_pixels}"
+        )
+    fps = _int(values, "fps", call.defaults["fps"], 1, MAX_FPS, prefix)
+    return frames, fps
 
 
 def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
@@ -274,7 +357,7 @@ def _int(values: Mapping[str, Any], key: str, default: int, lo: int, hi: int, pr
     return value
 
 
-def _number(values: Mapping[str, Any], key: str, default: float, lo: float, hi: float, prefix: str) -> float:
+def _number(values: Mapping[str, Any], key: str, default: Any, lo: float, hi: float, prefix: str) -> Any:
     value = values.get(key)
     if value is None:
         return default
@@ -285,10 +368,14 @@ def _number(values: Mapping[str, Any], key: str, default: float, lo: float, hi: 
     return float(value)
 
 
-def _side(values: Mapping[str, Any], key: str, default: int, hi: int, prefix: str) -> int:
+def _side(
+    values: Mapping[str, Any], key: str, default: int, hi: int, multiple: int, call: CallSpec, prefix: str
+) -> int:
     side = _int(values, key, default, MIN_SIDE, max(hi, MIN_SIDE), prefix)
-    if side % SIDE_MULTIPLE:
-        raise RequestError(f"{prefix}{key}: must be a multiple of {SIDE_MULTIPLE} (got {side})")
+    if side % multiple:
+        raise RequestError(
+            f"{prefix}{key}: must be a multiple of {multiple} (got {side}) for {call.pipeline}"
+        )
     return side
 
 

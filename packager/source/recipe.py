@@ -167,12 +167,18 @@ class Publish(_Strict):
 
 
 class WorkerDefaults(_Strict):
-    num_inference_steps: int = Field(default=25, ge=1)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    """Request defaults; unset fields take the pipeline's own (its `__call__`'s or model card's)."""
+
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0)
+    true_cfg_scale: float | None = Field(default=None, ge=0)
     width: int | None = Field(default=None, ge=8)
     height: int | None = Field(default=None, ge=8)
-    num_images: int = Field(default=1, ge=1)
-    negative_prompt: str = ""
+    num_images: int | None = Field(default=None, ge=1)
+    negative_prompt: str | None = None
+    max_sequence_length: int | None = Field(default=None, ge=1)
+    num_frames: int | None = Field(default=None, ge=1)
+    fps: int | None = Field(default=None, ge=1)
 
 
 class WorkerLimits(_Strict):
@@ -182,6 +188,8 @@ class WorkerLimits(_Strict):
     max_images: int = Field(default=4, ge=1)
     max_pixels: int = Field(default=1024 * 1024, ge=64)
     max_guidance: float = Field(default=30.0, ge=0)
+    max_frames: int = Field(default=161, ge=1)
+    max_video_pixels: int = Field(default=161 * 704 * 512, ge=64)
 
 
 class Worker(_Strict):

@@ -51,3 +51,103 @@ def make_artifact(
         source_info={"kind": "path"},
     )
     return out_dir, manifest.artifact_id
+
+
+def family_artifact(kind: str, root: Path) -> tuple[Path, str]:
+    """The fp32 artifact `packager convert` makes of the tiny `kind` pipeline (tests/rig/models_dit.py
+    PIPELINES: flux-dev, flux-schnell, sd3, pixart-sigma, wan, ltx). Returns (artifact_dir, id)."""
+    from artifact_format import manifest as mf
+    from packager.convert.converter import convert
+    from packager.convert.settings import ConvertSettings
+    from packager.source.local_folder import select_local
+    from tests.rig.models_dit import save_pipeline
+
+    out_dir = root / "artifact"
+    if (out_dir / mf.MANIFEST_NAME).exists():
+        return out_dir, mf.artifact_id_of(out_dir)
+    source = root / "source"
+    if not (source / "model_index.json").exists():
+        save_pipeline(kind, source)
+    manifest = convert(
+        source,
+        list(select_local(source, ())),
+        out_dir,
+        name=kind,
+        settings=ConvertSettings(precision="fp32"),
+        source_info={"kind": "path"},
+    )
+    return out_dir, manifest.artifact_id
+
+
+def fp8_variant(
+    src: Path, out_dir: Path, component: str = "transformer", skip: tuple[str, ...] = ("embed",)
+) -> tuple[Path, str]:
+    """A schema-2 copy of artifact `src` whose `component` stores every parameter of its Linear and
+    Conv layers in float8_e4m3fn and everything else in bfloat16, except the modules `skip` matches
+    (stored in bfloat16 whole). What the fp8 converter writes, made by hand for the worker's tests."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from artifact_format import manifest as mf
+
+    shutil.copytree(src, out_dir)
+    folder = out_dir / component
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(path))
+        path.unlink()
+    for index in folder.glob("*.index.json"):
+        index.unlink()
+    layers = _layer_names(out_dir, component)
+    out = {}
+    for name, tensor in sorted(state.items()):
+        module = name.rpartition(".")[0]
+        fp8 = module in layers and not any(re.search(p, module) for p in skip)
+        out[name] = tensor.to(torch.float8_e4m3fn if fp8 else torch.bfloat16).contiguous()
+    save_file(out, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    old = mf.load(src)
+    files = [
+        f for f in old.files if not f.path.startswith(f"{component}/") or not f.path.endswith(".safetensors")
+    ]
+    files = [f for f in files if not (f.path.startswith(f"{component}/") and f.path.endswith(".index.json"))]
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    files.append(
+        mf.FileEntry(
+            weights.relative_to(out_dir).as_posix(),
+            weights.stat().st_size,
+            mf.sha256_file(weights),
+            len(out),
+            "bfloat16+float8_e4m3fn",
+        )
+    )
+    manifest = mf.Manifest(
+        name=old.name,
+        source=old.source,
+        precision="bf16",
+        pipeline=old.pipeline,
+        files=tuple(files),
+        scheduler=old.scheduler,
+        dropped=old.dropped,
+        packing=old.packing,
+        components={component: mf.ComponentPrecision("float8_e4m3fn", "bfloat16", skip)},
+    )
+    (out_dir / mf.MANIFEST_NAME).unlink()
+    return out_dir, mf.write(manifest, out_dir)
+
+
+def _layer_names(artifact: Path, component: str) -> set[str]:
+    """Names of the Linear and Conv modules of an artifact's component (the layers diffusers casts)."""
+    import json
+
+    import diffusers
+    import torch
+    from accelerate import init_empty_weights
+
+    class_name = json.loads((artifact / "model_index.json").read_text())[component][1]
+    cls = getattr(diffusers, class_name)
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(artifact / component))
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return {name for name, module in model.named_modules() if isinstance(module, kinds)}

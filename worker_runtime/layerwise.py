@@ -1,0 +1,73 @@
+"""Components stored in one dtype and run in another (schema-2 manifests): fp8 denoisers.
+
+An fp8 artifact stores a denoiser's Linear and Conv layers in float8_e4m3fn and its norms and
+embeddings in the compute dtype. Loading it through `from_pretrained(dtype=bf16)` would upcast every
+tensor at load time and hold the bf16 bytes (about twice the fp8 ones) for good. Instead the
+component is built on the meta device and handed the stored tensors as they are (`assign=True`: no
+copy, no cast), then diffusers' layerwise casting upcasts each layer's weights to the compute dtype
+just for its forward (`diffusers.hooks.apply_layerwise_casting`), skipping the modules the manifest
+names, which are already stored in the compute dtype. On a CPU the compute dtype is float32.
+
+Components whose compute dtype differs from the pipeline's (a recipe's `precision_overrides`) are
+loaded in theirs through diffusers' per-component `dtype` mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from artifact_format import manifest as mf
+from artifact_format.vocab import MODEL_INDEX
+
+
+def load_kwargs(
+    manifest: mf.Manifest, model_dir: Path, torch: Any, device: str, dtype: Any
+) -> dict[str, Any]:
+    """Extra `from_pretrained` keyword arguments for the components the manifest stores apart:
+    each layerwise-cast component, already loaded, and a per-component `dtype` where needed."""
+    out: dict[str, Any] = {}
+    by_component: dict[str, Any] = {}
+    for name, precision in sorted(manifest.components.items()):
+        if precision.layerwise:
+            compute = dtype if device == "cpu" else getattr(torch, precision.compute)
+            out[name] = load_layerwise(model_dir, name, precision, torch, device, compute)
+        elif device != "cpu" and getattr(torch, precision.compute) != dtype:
+            by_component[name] = getattr(torch, precision.compute)
+    if by_component:
+        out["dtype"] = {"default": dtype, **by_component}
+    return out
+
+
+def load_layerwise(
+    model_dir: Path, component: str, precision: mf.ComponentPrecision, torch: Any, device: str, compute: Any
+) -> Any:
+    """The component with its stored tensors as they are, upcast layer by layer to `compute`."""
+    import diffusers
+    from accelerate import init_empty_weights
+    from diffusers.hooks.layerwise_casting import apply_layerwise_casting
+    from safetensors.torch import load_file
+
+    folder = model_dir / component
+    _library, class_name = json.loads((model_dir / MODEL_INDEX).read_text())[component]
+    cls = getattr(diffusers, class_name)
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(folder))
+    state: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(path, device=device))
+    model.load_state_dict(state, strict=True, assign=True)
+    storage = getattr(torch, precision.storage)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype not in (storage, compute):
+            tensor.data = tensor.data.to(compute)
+    # A tuple, even empty: None would make diffusers cast the whole model as one module.
+    apply_layerwise_casting(
+        model,
+        storage_dtype=storage,
+        compute_dtype=compute,
+        skip_modules_pattern=tuple(precision.skip_modules),
+        non_blocking=device != "cpu",
+    )
+    return model.eval()
