@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,41 @@ def test_an_fp8_transformer_loads_as_stored_and_generates_close_to_bf16(
     reference = image(load.load_pipeline(diffusers.FluxPipeline, torch, src, mf.load(src), "cpu").pipe)
     assert torch.isfinite(got).all()
     assert (got - reference).abs().mean() < 0.05  # fp8 weights, same seed: the same picture, roughly
+
+
+def test_both_manifest_schemas_load_and_generate(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """Schema 1 (one precision for everything) and schema 2 (per-component precision) of the same
+    weights: the worker finds, checks and loads both alike."""
+    import dataclasses
+
+    import diffusers
+    import torch
+
+    from worker_runtime import artifact, config
+
+    src = artifacts["pixart-sigma"]
+    images = []
+    for schema in (1, 2):
+        folder = tmp_path / f"schema-{schema}"
+        shutil.copytree(src, folder)
+        manifest = mf.load(folder)
+        components = {c: mf.ComponentPrecision("float32", "float32") for c in ("text_encoder", "transformer")}
+        manifest = dataclasses.replace(manifest, components=components if schema == 2 else {})
+        (folder / mf.MANIFEST_NAME).unlink()
+        mf.write(manifest, folder)
+        located = artifact.locate(config.read_settings({"MODEL_DIR": str(folder)}))
+        assert located.manifest.schema == schema
+        pipe = load.load_pipeline(diffusers.PixArtSigmaPipeline, torch, folder, located.manifest, "cpu").pipe
+        out = pipe(
+            prompt="a fox",
+            num_inference_steps=2,
+            width=64,
+            height=64,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        )
+        images.append(torch.as_tensor(out.images))
+    assert torch.equal(images[0], images[1])
 
 
 # ---- served by the real worker ----------------------------------------------------------------
