@@ -8,6 +8,7 @@ conventions rather than re-reading them, and list them here only where we pass t
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -53,6 +54,29 @@ SECRET_ENV_VARS = (
 )
 
 
+# Shortest secret value the scans look for. Real keys are longer (AWS 20/40, HF tokens 37, RunPod
+# 40+); shorter values are test credentials such as `test` or `minioadmin`, which as substrings
+# would refuse any lock or context holding a common word.
+MIN_SECRET_LEN = 16
+_warned_short: set[str] = set()
+
+
 def secret_values() -> list[str]:
-    """The values of the secret variables set right now, for redaction checks."""
-    return [v for k in SECRET_ENV_VARS if (v := os.environ.get(k)) and len(v) >= 4]
+    """The values of the secret variables set right now that are long enough to scan for.
+
+    A shorter value in a secret variable is named once on stderr, never an error.
+    """
+    found = []
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if not value:
+            continue
+        if len(value) >= MIN_SECRET_LEN:
+            found.append(value)
+        elif name not in _warned_short:
+            _warned_short.add(name)
+            print(
+                f"note: {name} is shorter than {MIN_SECRET_LEN} characters, too short to scan for leaks",
+                file=sys.stderr,
+            )
+    return found

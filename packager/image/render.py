@@ -43,6 +43,7 @@ from packager.image.weights import (
     write_weights_context,
 )
 from packager.settings import build_dir, secret_values
+from packager.source import edges
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
@@ -215,6 +216,8 @@ def identity(
     if mode in ("volume", "cached") and artifact_uri is None:
         artifact_uri = default_artifact_uri(loaded, artifact_id)
     base = base_image or image.base
+    if problem := edges.image_reference_problem(base):
+        raise ImageError(f"base image: {problem}")
     env = _json_env(naming.worker_env(loaded, artifact_id, mode, artifact_uri))
     requirements = requirements_text(image.base_has_torch)
     config = {

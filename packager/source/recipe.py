@@ -33,6 +33,7 @@ from artifact_format.vocab import (
 )
 from packager.errors import RecipeError
 from packager.settings import build_dir
+from packager.source import edges
 from packager.source import runpod_limits as limits
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -42,10 +43,23 @@ DEFAULT_STORE = "build/store"
 # worker layer stays small. Users override it with `image.base` or BASE_IMAGE.
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
 DEFAULT_MOUNT = "/runpod-volume"
+# A recipe is a page of settings: anything bigger is a mistake or an attack, refused before parsing.
+MAX_RECIPE_BYTES = 1024 * 1024
+# YAML aliases let a few lines stand for billions of nodes; a recipe never needs more than this.
+MAX_YAML_NODES = 100_000
+# Side lengths the worker accepts are multiples of this (worker_runtime.requests.SIDE_MULTIPLE).
+SIDE_MULTIPLE = 8
+
+
+def _check_url(value: str | None) -> str | None:
+    if value is not None and (problem := edges.url_problem(value)):
+        raise ValueError(problem)
+    return value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no setting at all (an infinite guidance renders black images).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Source(_Strict):
@@ -61,6 +75,11 @@ class Source(_Strict):
     # folder (only its configs and tokenizer are read).
     config: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _check_url(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -93,7 +112,7 @@ class Components(_Strict):
     def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
             if not re.match(r"^[A-Za-z0-9_]+$", name):
-                raise ValueError(f"not a component name: {name!r}")
+                raise ValueError(f"not a component name: {edges.clip(name)}")
         return tuple(sorted(set(value)))
 
 
@@ -105,6 +124,14 @@ class Store(_Strict):
     profile: str | None = None
     region: str | None = None
 
+    # Seconds without progress before a store request fails (PACKAGER_TIMEOUT overrides).
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
     @property
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
@@ -113,9 +140,9 @@ class Store(_Strict):
     @classmethod
     def _uri(cls, value: str) -> str:
         if "://" in value and not value.startswith("s3://"):
-            raise ValueError(f"must be s3://bucket/prefix or a local directory (got {value!r})")
-        if value.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$", value):
-            raise ValueError(f"not a valid S3 bucket URI: {value!r}")
+            raise ValueError(f"must be s3://bucket/prefix or a local directory (got {edges.clip(value)})")
+        if value.startswith("s3://") and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/\S*)?", value):
+            raise ValueError(f"not a valid S3 bucket URI: {edges.clip(value)}")
         return value.rstrip("/") if value != "/" else value
 
 
@@ -133,8 +160,22 @@ class Image(_Strict):
     @classmethod
     def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for tag in value:
-            if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
-                raise ValueError(f"not a valid image tag: {tag!r}")
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+                raise ValueError(f"not a valid image tag: {edges.clip(tag)}")
+        return value
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if problem := edges.image_reference_problem(value):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if problem := edges.image_reference_problem(value, tag_allowed=False):
+            raise ValueError(problem)
         return value
 
 
@@ -145,6 +186,11 @@ class Volume(_Strict):
     datacenter: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]+$")
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     mount: str = DEFAULT_MOUNT
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _check_url(value)
 
     @property
     def s3_endpoint(self) -> str | None:
@@ -199,6 +245,30 @@ class Worker(_Strict):
     # Check the sha256 of every weight byte at start, while the imports run (WORKER_VERIFY_HASHES=0
     # turns it off on an endpoint).
     verify_hashes: bool = True
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Worker:
+        """A default the worker's own limits refuse would fail every request that relies on it."""
+        d, lim = self.defaults, self.limits
+        checks = [
+            ("num_inference_steps", d.num_inference_steps, "max_steps", lim.max_steps),
+            ("guidance_scale", d.guidance_scale, "max_guidance", lim.max_guidance),
+            ("width", d.width, "max_width", lim.max_width),
+            ("height", d.height, "max_height", lim.max_height),
+            ("num_images", d.num_images, "max_images", lim.max_images),
+        ]
+        for field, value, limit_name, limit in checks:
+            if value is not None and value > limit:
+                raise ValueError(f"defaults.{field} ({value}) is above limits.{limit_name} ({limit})")
+        for field, side in (("width", d.width), ("height", d.height)):
+            if side is not None and side % SIDE_MULTIPLE:
+                raise ValueError(f"defaults.{field} ({side}) must be a multiple of {SIDE_MULTIPLE}")
+        if d.width and d.height and d.width * d.height > lim.max_pixels:
+            raise ValueError(
+                f"defaults.width x defaults.height ({d.width * d.height}) is above limits.max_pixels "
+                f"({lim.max_pixels})"
+            )
+        return self
 
 
 CudaVersion = Annotated[str, AfterValidator(limits.check_cuda)]
@@ -256,7 +326,7 @@ class Deploy(_Strict):
     def _flashboot(cls, value: Any) -> Any:
         if value is True or value is False or value == "priority":
             return value
-        raise ValueError(f"must be true, false or priority (got {value!r})")
+        raise ValueError(f"must be true, false or priority (got {edges.clip(value)})")
 
     @field_validator("execution_timeout_ms")
     @classmethod
@@ -273,6 +343,14 @@ class Deploy(_Strict):
     def _floor(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value and info.data.get("allowed_cuda_versions"):
             raise ValueError("RunPod takes a CUDA floor or a list of allowed versions, not both")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if "://" in item and (found := edges.url_credentials(item)):
+                raise ValueError(f"{edges.clip(key, 40)}: the URL {found}; {edges.CREDENTIAL_ADVICE}")
         return value
 
     @model_validator(mode="after")
@@ -384,7 +462,9 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read and validate a recipe; any problem raises RecipeError with one `file:line: field: why`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -393,16 +473,11 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
 
 
 def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(f"{filename}:{line}: not valid YAML: {problem}") from None
-    except (ValueError, TypeError, RecursionError) as exc:  # odd scalars PyYAML cannot construct
-        raise RecipeError(f"{filename}:1: not valid YAML: {exc.__class__.__name__}") from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            f"{filename}:1: a recipe is at most {MAX_RECIPE_BYTES // 1024} KiB; this one is larger"
+        )
+    node, data = _compose(text, filename)
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise RecipeError(f"{filename}:1: a recipe must be a mapping of fields (got {kind})")
@@ -412,8 +487,74 @@ def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
         err = exc.errors(include_url=False)[0]
         loc = tuple(err["loc"])
         line = _line_of(node, loc, key=err["type"] == "extra_forbidden")
-        field = ".".join(str(p) for p in loc) or "recipe"
+        field = ".".join(edges.clip(p, 40).strip("'") for p in loc) or "recipe"
         raise RecipeError(f"{filename}:{line}: {field}: {_message(err)}") from None
+
+
+def _compose(text: str, filename: str) -> tuple[Any, Any]:
+    """The YAML's node tree and its data, after the checks that must come before construction:
+    a bounded expansion of aliases and no duplicate keys (YAML keeps the last one silently)."""
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_nodes(node, filename)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(
+            f"{filename}:{line}: not valid YAML: {edges.clip(problem, 80).strip(chr(39))}"
+        ) from None
+    except (ValueError, TypeError, RecursionError) as exc:  # odd scalars PyYAML cannot construct
+        raise RecipeError(f"{filename}:1: not valid YAML: {exc.__class__.__name__}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+def _check_nodes(root: Any, filename: str) -> None:
+    """Refuse duplicate mapping keys, and trees whose aliases expand past MAX_YAML_NODES nodes.
+
+    The expanded size is counted per node once (memoised), so the count itself stays linear in
+    the document however deep the aliases nest.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise RecipeError(
+                            f"{filename}:{key.start_mark.line + 1}: duplicate key {edges.clip(key.value, 40)}"
+                        )
+                    seen.add(key.value)
+                total += size(key) + size(value)
+                if total > MAX_YAML_NODES:
+                    break
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += size(item)
+                if total > MAX_YAML_NODES:
+                    break
+        if total > MAX_YAML_NODES:
+            raise RecipeError(
+                f"{filename}:{node.start_mark.line + 1}: YAML aliases expand past {MAX_YAML_NODES} nodes"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _message(err: Any) -> str:
@@ -422,7 +563,7 @@ def _message(err: Any) -> str:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         choices = expected.replace("'", "").replace(" or ", ", ")
-        return f"must be one of {choices} (got {got!r})"
+        return f"must be one of {choices} (got {_short(got)})"
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
@@ -430,14 +571,13 @@ def _message(err: Any) -> str:
     if kind == "string_pattern_mismatch":
         return f"invalid value {_short(got)}"
     if kind == "value_error":
-        return str(err["msg"]).removeprefix("Value error, ")
-    msg = str(err["msg"])
+        return str(err["msg"]).removeprefix("Value error, ")[:300]
+    msg = str(err["msg"])[:300]
     return f"{msg[0].lower()}{msg[1:]} (got {_short(got)})"
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return edges.clip(value)
 
 
 def _line_of(node: Any, loc: tuple[Any, ...], *, key: bool) -> int:
