@@ -386,7 +386,9 @@ def test_missing_api_key_is_one_line(runpod_api: RunPodStandIn, recipe: Path) ->
 def test_each_auth_failure_is_one_clear_line(
     runpod_api: RunPodStandIn, recipe: Path, which: str, expect: str
 ) -> None:
-    key = {"wrong": "rp_wrong_key", "null": runpod_api.null_key, "html": runpod_api.html_key}[which]
+    key = {"wrong": "rp_wrong_key_0123456789", "null": runpod_api.null_key, "html": runpod_api.html_key}[
+        which
+    ]
 
     result = run_deploy(recipe, runpod_api, "--artifact-id", ARTIFACT_A, key=key)
 
