@@ -37,6 +37,24 @@ def build_dir() -> Path:
     return Path(os.environ.get("PACKAGER_BUILD_DIR", "build"))
 
 
+def network_timeout(configured: float = 60.0) -> float:
+    """Seconds a network transfer may go without progress: PACKAGER_TIMEOUT, else the recipe's
+    `store.timeout` (60 by default). A value that is not a positive number is ignored with a note."""
+    raw = os.environ.get("PACKAGER_TIMEOUT")
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if 0 < value <= 86400:
+            return value
+        print(
+            f"note: PACKAGER_TIMEOUT={raw[:20]!r} is not a number of seconds; using {configured}",
+            file=sys.stderr,
+        )
+    return configured
+
+
 def docker_host() -> str | None:
     return os.environ.get("DOCKER_HOST") or None
 

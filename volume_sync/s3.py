@@ -13,6 +13,9 @@ from typing import Any
 # Retries cover dropped connections and throttling; more attempts only delay the message a user needs
 # when the endpoint is wrong.
 MAX_ATTEMPTS = 4
+# Seconds to open a connection, and seconds a transfer may go without progress before it fails.
+CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 60.0
 # Enough pooled connections for the transfer manager's threads plus a few metadata requests.
 MAX_POOL_CONNECTIONS = 32
 
@@ -52,6 +55,7 @@ def make_client(
     region: str | None = None,
     max_pool_connections: int = MAX_POOL_CONNECTIONS,
     checksums: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Any:
     """An S3 client; boto3's chain supplies credentials and, when `endpoint_url` is None, the endpoint.
 
@@ -62,6 +66,10 @@ def make_client(
     and no SHA-256 pass over the payload), or what the user configured through
     AWS_REQUEST_CHECKSUM_CALCULATION for a service that does not take trailers; "when_required"
     sends plain signed requests, the most widely understood form.
+
+    `timeout` bounds how long a request may go without a byte: each of the MAX_ATTEMPTS tries gets
+    its share, so an endpoint that accepts connections and never answers fails in about `timeout`
+    seconds however large the transfer, while one that keeps sending is never cut off.
     """
     import botocore.session
     from botocore.config import Config
@@ -73,8 +81,8 @@ def make_client(
     config = Config(
         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         max_pool_connections=max_pool_connections,
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=max(1.0, timeout / MAX_ATTEMPTS),
         **options,
     )
     return session.create_client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
@@ -121,6 +129,11 @@ def explain(
     where = endpoint or "the default AWS endpoint"
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError)):
         return f"cannot reach the S3 endpoint {where}: check {endpoint_hint} and that the service is up"
+    if isinstance(exc, bx.ReadTimeoutError):
+        return (
+            f"the S3 endpoint {where} accepted the connection but sent nothing back in time: check "
+            f"{endpoint_hint} and that the service is up (store.timeout or PACKAGER_TIMEOUT allow longer)"
+        )
     if isinstance(exc, bx.NoCredentialsError):
         return "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
     if isinstance(exc, bx.ProfileNotFound):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from packager.errors import PackagerError, StoreError
+from packager.settings import network_timeout
 from volume_sync import s3 as s3_core
 
 STORE_ENDPOINT_HINT = "store.endpoint_url in the recipe or AWS_ENDPOINT_URL"
@@ -23,13 +24,18 @@ def connect(
     region: str | None = None,
     checksums: str | None = None,
     error: type[PackagerError] = StoreError,
+    timeout: float | None = None,
 ) -> Any:
     """An S3 client; credentials come only from boto3's chain (env, profile, instance role)."""
     from botocore.exceptions import BotoCoreError
 
     try:
         return s3_core.make_client(
-            endpoint_url=endpoint_url, profile=profile, region=region, checksums=checksums
+            endpoint_url=endpoint_url,
+            profile=profile,
+            region=region,
+            checksums=checksums,
+            timeout=network_timeout() if timeout is None else timeout,
         )
     except BotoCoreError as exc:
         raise error(s3_core.explain(exc, bucket="?", endpoint=endpoint_url) or str(exc)) from None

@@ -12,7 +12,9 @@ from packager.convert.artifact import Artifact
 from packager.errors import StoreError
 from packager.store.transfer import (
     TransferResult,
+    bad_stored_files,
     download_verified,
+    hash_before_sending,
     local_manifest_bytes,
     progress_bar,
     read_stored_manifest,
@@ -59,6 +61,7 @@ class LocalStore:
             # Files only ever appear here by rename after a full copy, so one of the right size is whole.
             if not (target.is_file() and target.stat().st_size == entry.size):
                 todo.append(entry)
+        hash_before_sending(artifact.dir, todo, artifact.name, progress)
         try:
             with progress_bar(sum(e.size for e in todo), f"upload {artifact.name}", progress) as bar:
                 for entry in todo:
@@ -84,6 +87,18 @@ class LocalStore:
 
     def read_manifest(self, name: str, artifact_id: str) -> mf.Manifest | None:
         return read_stored_manifest(fetch.DirSource(self._dir(name, artifact_id)), artifact_id)
+
+    def verify_remote(
+        self, name: str, artifact_id: str, manifest: mf.Manifest, *, progress: bool
+    ) -> list[str]:
+        """Hash every stored file; delete the bad ones and the manifest. Returns the bad paths."""
+        final = self._dir(name, artifact_id)
+        bad = bad_stored_files(fetch.DirSource(final), manifest, progress)
+        if bad:
+            (final / mf.MANIFEST_NAME).unlink(missing_ok=True)
+            for path in bad:
+                (final / path).unlink(missing_ok=True)
+        return bad
 
     def list_artifacts(self) -> list[tuple[str, str]]:
         if not self.root.is_dir():

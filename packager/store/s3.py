@@ -14,7 +14,9 @@ from packager.store import client as s3
 from packager.store.transfer import (
     TransferResult,
     TransferSettings,
+    bad_stored_files,
     download_verified,
+    hash_before_sending,
     local_manifest_bytes,
     progress_bar,
     read_stored_manifest,
@@ -35,6 +37,7 @@ class S3Store:
         region: str | None = None,
         settings: TransferSettings | None = None,
         client: Any = None,
+        timeout: float | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -42,12 +45,16 @@ class S3Store:
         self.settings = settings or TransferSettings()
         self._endpoint_url, self._profile, self._region = endpoint_url, profile, region
         self._client = client
+        self._timeout = timeout
 
     @property
     def client(self) -> Any:
         if self._client is None:
             self._client = s3.connect(
-                endpoint_url=self._endpoint_url, profile=self._profile, region=self._region
+                endpoint_url=self._endpoint_url,
+                profile=self._profile,
+                region=self._region,
+                timeout=self._timeout,
             )
         return self._client
 
@@ -116,6 +123,24 @@ class S3Store:
 
     def read_manifest(self, name: str, artifact_id: str) -> mf.Manifest | None:
         return read_stored_manifest(self._source(name, artifact_id), artifact_id)
+
+    def verify_remote(
+        self, name: str, artifact_id: str, manifest: mf.Manifest, *, progress: bool
+    ) -> list[str]:
+        """Hash every stored object; delete the bad ones and the manifest (uncommitting the
+        artifact so the next upload sends them again). Returns the bad paths."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bad = bad_stored_files(self._source(name, artifact_id), manifest, progress)
+        if bad:
+            prefix = self.key_prefix(name, artifact_id)
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=prefix + mf.MANIFEST_NAME)
+                for path in bad:
+                    self.client.delete_object(Bucket=self.bucket, Key=prefix + path)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._fail(exc, f"deleting from {self.artifact_uri(name, artifact_id)}") from None
+        return bad
 
     def list_artifacts(self) -> list[tuple[str, str]]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -187,6 +212,7 @@ def put_artifact(
         present = _present(client, bucket, key_prefix, wanted, probe)
         files = [e for e in wanted if not _same(client, bucket, key_prefix + e.path, e, present, trust_size)]
         total = sum(e.size for e in files)
+        hash_before_sending(artifact.dir, files, artifact.name, progress)
         with progress_bar(total, f"upload {artifact.name}", progress) as bar:
             _upload_files(client, bucket, key_prefix, artifact.dir, files, settings, bar.update)
         # Last, and only once every file is in: the commit marker.

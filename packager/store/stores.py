@@ -19,6 +19,7 @@ from typing import Protocol
 from artifact_format import manifest as mf
 from packager.convert.artifact import Artifact
 from packager.errors import StoreError
+from packager.settings import network_timeout
 from packager.source.recipe import LoadedRecipe
 from packager.store import client as s3
 from packager.store.local import LocalStore
@@ -44,6 +45,12 @@ class Store(Protocol):
 
     def read_manifest(self, name: str, artifact_id: str) -> mf.Manifest | None: ...
 
+    def verify_remote(
+        self, name: str, artifact_id: str, manifest: mf.Manifest, *, progress: bool
+    ) -> list[str]:
+        """Download and hash every stored file; delete bad ones and the manifest; the bad paths."""
+        ...
+
     def list_artifacts(self) -> list[tuple[str, str]]: ...
 
     def delete_artifact(self, name: str, artifact_id: str) -> None: ...
@@ -58,6 +65,7 @@ def open_store(loaded: LoadedRecipe, *, settings: TransferSettings | None = None
         profile=cfg.profile,
         region=cfg.region,
         settings=settings,
+        timeout=network_timeout(cfg.timeout),
     )
 
 
@@ -68,6 +76,7 @@ def open_store_uri(
     profile: str | None = None,
     region: str | None = None,
     settings: TransferSettings | None = None,
+    timeout: float | None = None,
 ) -> Store:
     """A store from a URI: `s3://bucket[/prefix]` or a local directory.
 
@@ -77,7 +86,13 @@ def open_store_uri(
     if uri.startswith("s3://"):
         bucket, prefix = s3.parse_uri(uri)
         return S3Store(
-            bucket, prefix, endpoint_url=endpoint_url, profile=profile, region=region, settings=settings
+            bucket,
+            prefix,
+            endpoint_url=endpoint_url,
+            profile=profile,
+            region=region,
+            settings=settings,
+            timeout=timeout,
         )
     if "://" in uri:
         raise StoreError(f"{uri}: a store is s3://bucket/prefix or a local directory")

@@ -16,6 +16,7 @@ from packager.errors import StoreError, VerifyError
 from volume_sync import fetch
 
 MiB = 1024 * 1024
+HASH_CHUNK = 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,52 @@ def local_manifest_bytes(artifact: Artifact) -> bytes:
     return data
 
 
+def hash_before_sending(root: Path, files: list[mf.FileEntry], label: str, progress: bool) -> None:
+    """Hash every file about to leave, before the first byte does: the sha256 stored beside each
+    object (and checked by every reader) is the manifest's, so a file that no longer matches it
+    would be published as good. One line names the first bad file."""
+    with progress_bar(sum(e.size for e in files), f"hash {label}", progress) as bar:
+        for entry in files:
+            path = root / entry.path
+            h = hashlib.sha256()
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(HASH_CHUNK):
+                        h.update(chunk)
+                        bar.update(len(chunk))
+            except OSError as exc:
+                raise VerifyError(f"{path}: cannot read ({exc.strerror})") from None
+            if h.hexdigest() != entry.sha256:
+                raise VerifyError(
+                    f"{path}: sha256 {h.hexdigest()[:16]}… does not match the manifest "
+                    f"({entry.sha256[:16]}…): the local artifact is corrupt; delete {root} and convert again"
+                )
+
+
+def bad_stored_files(source: fetch.Source, manifest: mf.Manifest, progress: bool) -> list[str]:
+    """Download and hash every stored file, one at a time into a temporary folder; the paths of
+    those that are absent or do not match the manifest."""
+    import tempfile
+
+    bad = []
+    with (
+        tempfile.TemporaryDirectory(prefix="packager-verify-") as tmp,
+        progress_bar(manifest.total_bytes, f"verify {manifest.name}", progress) as bar,
+    ):
+        for entry in manifest.files:
+            path = Path(tmp) / entry.path
+            try:
+                for _ in source.fetch([entry], Path(tmp), bar.update):
+                    pass
+                ok = mf.sha256_file(path) == entry.sha256
+            except (fetch.FetchError, OSError):
+                ok = False
+            if not ok:
+                bad.append(entry.path)
+            path.unlink(missing_ok=True)
+    return bad
+
+
 def read_stored_manifest(source: fetch.Source, artifact_id: str) -> mf.Manifest | None:
     try:
         return fetch.read_manifest(source, artifact_id)
@@ -86,7 +133,7 @@ def download_verified(
     if dest.exists():
         if (dest / mf.MANIFEST_NAME).is_file() and mf.artifact_id_of(dest) == artifact_id:
             try:
-                manifest = mf.check(dest)
+                manifest = mf.check(dest, full_hash=True)
             except mf.ManifestError as exc:
                 raise VerifyError(
                     f"{dest}: holds artifact {short_id(artifact_id)} but {exc}; remove it and pull again"
