@@ -226,3 +226,35 @@ def test_store_timeout_comes_from_the_recipe_and_the_environment(
     assert store.client.meta.config.connect_timeout == 10
     monkeypatch.setenv("PACKAGER_TIMEOUT", "40")
     assert open_store(load_recipe(recipe)).client.meta.config.read_timeout == 10.0
+
+
+# -- pull destinations -----------------------------------------------------------------------------
+
+
+def test_pull_into_an_existing_empty_folder_keeps_the_folder(artifact, tmp_path: Path) -> None:
+    store = open_store_uri(str(tmp_path / "store"))
+    store.upload(artifact, progress=False)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    inode = mount.stat().st_ino
+
+    with pytest.raises(StoreError, match="not in the store"):
+        store.download("demo", "0" * 64, mount, progress=False)
+    assert mount.stat().st_ino == inode, "an empty destination survives a failed pull"
+    result = store.download("demo", artifact.id, mount, progress=False)
+
+    assert result.files_sent == len(artifact.manifest.files)
+    assert mount.stat().st_ino == inode, "a mount point is filled in place, never replaced"
+    assert sorted(p.name for p in mount.iterdir() if p.name.startswith(".")) == []
+    mf.check(mount, full_hash=True)
+
+
+def test_pull_to_a_destination_that_cannot_be_written_is_one_line(artifact, tmp_path: Path) -> None:
+    store = open_store_uri(str(tmp_path / "store"))
+    store.upload(artifact, progress=False)
+    (tmp_path / "blocker").write_text("a file")
+
+    with pytest.raises(StoreError) as err:
+        store.download("demo", artifact.id, tmp_path / "blocker" / "pulled", progress=False)
+    assert "cannot write the pulled artifact" in str(err.value)
+    assert "\n" not in str(err.value)

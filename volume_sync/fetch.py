@@ -228,9 +228,20 @@ def _check_manifest(source: Source, data: bytes, artifact_id: str) -> mf.Manifes
         raise VerifyFailed(f"{source.uri}/{mf.MANIFEST_NAME}: {exc}") from None
 
 
+STAGING_NAME = ".partial"
+
+
 def staging_dir(dest: Path) -> Path:
-    """Where a fetch into `dest` stages its files: beside it, on the same filesystem, hidden."""
+    """Where a fetch into `dest` stages its files: beside it, on the same filesystem, hidden; inside
+    it when `dest` is an existing (empty) folder, which may be a mount point that cannot be replaced."""
+    if dest.is_dir():
+        return dest / STAGING_NAME
     return dest.parent / f".{dest.name}.partial"
+
+
+def is_empty_destination(dest: Path) -> bool:
+    """An existing folder holding nothing but an earlier fetch's staging folder."""
+    return dest.is_dir() and all(child.name == STAGING_NAME for child in dest.iterdir())
 
 
 def fetch_artifact(
@@ -244,7 +255,7 @@ def fetch_artifact(
     on_file: Callable[[mf.FileEntry], None] | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> FetchResult:
-    """Fetch the artifact into `dest` (which must not exist yet), verified, renamed into place.
+    """Fetch the artifact into `dest` (absent or an empty folder), verified, renamed into place.
 
     Args:
         source: the artifact's prefix in the store (see `open_source`).
@@ -295,7 +306,14 @@ def fetch_artifact(
     _write_bytes(staging / mf.MANIFEST_NAME, data)
     if before_commit:
         before_commit()
-    os.rename(staging, dest)
+    if staging.parent == dest:
+        # Into the existing folder, the manifest (the commit marker) last.
+        for child in sorted(staging.iterdir(), key=lambda p: p.name == mf.MANIFEST_NAME):
+            os.rename(child, dest / child.name)
+        staging.rmdir()
+        _fsync_dir(dest)
+    else:
+        os.rename(staging, dest)
     _fsync_dir(dest.parent)
     return FetchResult(dest, len(todo), kept, fetched + len(data))
 

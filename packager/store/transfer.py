@@ -139,13 +139,21 @@ def download_verified(
                     f"{dest}: holds artifact {short_id(artifact_id)} but {exc}; remove it and pull again"
                 ) from None
             return TransferResult(str(dest), 0, len(manifest.files), 0, skipped_whole=True)
-        if dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()
-        else:
+        if not fetch.is_empty_destination(dest):
             raise StoreError(
                 f"{dest}: exists and is not artifact {short_id(artifact_id)}; remove it or pull elsewhere"
             )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _fetch_into(source, name, artifact_id, dest, progress)
+    except OSError as exc:
+        where = exc.filename or dest
+        raise StoreError(f"{where}: cannot write the pulled artifact ({exc.strerror or exc})") from None
+
+
+def _fetch_into(
+    source: fetch.Source, name: str, artifact_id: str, dest: Path, progress: bool
+) -> TransferResult:
     with progress_bar(0, f"pull {name}", progress) as bar:
 
         def start(manifest: mf.Manifest, todo_bytes: int) -> None:
