@@ -129,7 +129,7 @@ UPLOADER = textwrap.dedent(
     import sys
     from pathlib import Path
     from packager.store.stores import open_store_uri
-from packager.store.transfer import TransferSettings
+    from packager.store.transfer import TransferSettings
     from tests.rig.s3 import load_artifact
 
     settings = TransferSettings(multipart_threshold=5 << 20, chunk_size=5 << 20, concurrency=2)
