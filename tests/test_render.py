@@ -255,7 +255,7 @@ def test_env_and_labels_name_the_artifact(tiny: tuple[Path, Artifact], tmp_path:
     assert f"packager.artifact-id='{art.id}'" in text
     assert result.weights is not None
     weights = result.weights.dockerfile.read_text()
-    assert "ARG BASE_IMAGE=pytorch/pytorch:" in weights  # the recipe default: a CUDA PyTorch image
+    assert "ARG BASE_IMAGE='pytorch/pytorch:" in weights  # the recipe default: a CUDA PyTorch image
     assert result.weights.labels[render.LABEL_ARTIFACT] == art.id
     assert result.labels[render.LABEL_WEIGHTS] == result.weights.digest
 
@@ -313,7 +313,7 @@ def test_base_without_torch_installs_it_and_a_base_with_torch_keeps_its_own(
     assert "torch" not in _requirement_names(with_torch.context_dir / "requirements.txt")
     assert "m.version('torch')" in with_torch.dockerfile.read_text()  # pinned to the base's torch
     assert "torch" in _requirement_names(without.context_dir / "requirements.txt")
-    assert "ARG BASE_IMAGE=localbase:py311" in without.dockerfile.read_text()
+    assert "ARG BASE_IMAGE='localbase:py311'" in without.dockerfile.read_text()
     assert without.labels[render.LABEL_CONFIG] != with_torch.labels[render.LABEL_CONFIG]
 
 
