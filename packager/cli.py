@@ -16,6 +16,7 @@ from packager.commands.convert import convert
 from packager.commands.deploy import deploy
 from packager.commands.fetch import fetch
 from packager.commands.gc import gc
+from packager.commands.invoke import invoke
 from packager.commands.lock import lock
 from packager.commands.package import package
 from packager.commands.package_all import package_all
@@ -61,6 +62,7 @@ for _command in (
     package_all,
     gc,
     deploy,
+    invoke,
     plan,
 ):
     cli.add_command(_command)

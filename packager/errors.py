@@ -69,3 +69,9 @@ class DiskSpaceError(PackagerError):
 
 class WorkerError(PackagerError):
     """The worker failed to start, or answered a request with an error (serve, smoke)."""
+
+
+class InvokeError(PackagerError):
+    """A job sent by `invoke` failed, timed out, or could not be sent."""
+
+    exit_code = 1
