@@ -22,6 +22,11 @@ def publish_token(variable: str) -> str | None:
     return os.environ.get(variable) or None
 
 
+def env_value(name: str) -> str | None:
+    """A variable the recipe names (`token_env: CIVITAI_TOKEN`): read here, never stored."""
+    return os.environ.get(name) or None
+
+
 def runpod_api_key() -> str | None:
     return os.environ.get("RUNPOD_API_KEY") or None
 

@@ -54,7 +54,7 @@ def checkpoint_input(loaded: LoadedRecipe) -> CheckpointFile | CheckpointUrl:
             raise FetchError(f"source.file: {path} is not a file")
         return CheckpointFile(config=config, path=path.resolve())
     assert source.url is not None
-    return CheckpointUrl(config=config, url=source.url, sha256=source.sha256)
+    return CheckpointUrl(config=config, url=source.url, sha256=source.sha256, token_env=source.token_env)
 
 
 def recorded_checkpoint(source: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +147,7 @@ class CheckpointUrl(_SingleFile):
 
     url: str
     sha256: str | None
+    token_env: str | None = None
     kind: str = "url"
 
     def declared(self) -> dict[str, Any]:
@@ -157,7 +158,9 @@ class CheckpointUrl(_SingleFile):
         known = self.sha256
         if known is None and previous is not None and previous.source.get("url") == self.url:
             known = previous.source["checkpoint"]["sha256"]
-        path, digest, size = hub.download_url(self.url, sha256=known, progress=not quiet)
+        path, digest, size = hub.download_url(
+            self.url, sha256=known, progress=not quiet, token_env=self.token_env
+        )
         checkpoint = {"name": path.name, "size": size, "sha256": digest}
         record = {"kind": "url", "url": self.url, "checkpoint": checkpoint, "config": config.source}
         return Pinned(record, config.files, stats)
@@ -176,7 +179,9 @@ class CheckpointUrl(_SingleFile):
         locked: dict[str, Any] = lock.source["checkpoint"]
         cached = hub.downloads_dir() / str(locked["sha256"]) / str(locked["name"])
         was_cached = cached.is_file()
-        checkpoint, _, size = hub.download_url(self.url, sha256=str(locked["sha256"]), progress=not quiet)
+        checkpoint, _, size = hub.download_url(
+            self.url, sha256=str(locked["sha256"]), progress=not quiet, token_env=self.token_env
+        )
         if size != locked["size"]:
             raise FetchError(f"{self.url}: {size} bytes, the lock says {locked['size']}")
         if not was_cached:

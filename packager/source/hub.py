@@ -9,11 +9,8 @@ downloads are reused and ours are reused by their other tools.
 from __future__ import annotations
 
 import glob
-import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +18,9 @@ from urllib.parse import urlsplit
 
 from packager import settings
 from packager.errors import FetchError, HubError
+from packager.source import url_download
 
 FULL_SHA_LEN = 40
-_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,58 +111,32 @@ def downloads_dir() -> Path:
     return Path(constants.HF_HOME) / "packager-downloads"
 
 
-def download_url(url: str, *, sha256: str | None, progress: bool) -> tuple[Path, str, int]:
+def download_url(
+    url: str, *, sha256: str | None, progress: bool, token_env: str | None = None
+) -> tuple[Path, str, int]:
     """Download `url` (or reuse the cached copy) into downloads_dir()/<sha256>/<name>.
 
     Returns (path, sha256, size). With `sha256` known the cache is consulted first and the
-    download must match it. The hub token is sent only to the hub's own host.
+    download must match it. The token (the variable `token_env` names, else the hub token for a
+    hub URL) goes only to the URL's own host, never to a redirect target; see url_download.
     """
-    name = Path(urlsplit(url).path).name or "checkpoint"
-    if not name or name in (".", "..") or name.startswith("."):
-        raise FetchError(f"{url}: cannot name the download after this URL")
     cache = downloads_dir()
-    if sha256:
-        cached = cache / sha256 / name
-        if cached.is_file():
-            return cached, sha256, cached.stat().st_size
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
+    if sha256 and (hit := url_download.cached(cache, sha256)) is not None:
+        return hit, sha256, hit.stat().st_size
     on_hub = _same_origin(url, endpoint())
-    token = settings.hf_token() if on_hub else None
-    headers = build_hf_headers(token=token) if token else {}
-    errors = hub_errors(_repo_of_url(url), None) if on_hub else _url_errors(url)
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=cache)
-    tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with (
-            errors,
-            os.fdopen(fd, "wb") as out,
-            get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as resp,
-        ):
-            hf_raise_for_status(resp)
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with hf_tqdm(
-                total=total, unit="B", unit_scale=True, desc=name, disable=not progress or None
-            ) as bar:
-                for chunk in resp.iter_bytes(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    bar.update(len(chunk))
-        got = digest.hexdigest()
-        if sha256 and got != sha256:
-            raise FetchError(f"{url}: sha256 is {got}, not the expected {sha256} (source.sha256 or the lock)")
-        target = cache / got / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-        return target, got, size
-    finally:
-        tmp.unlink(missing_ok=True)
+    headers: dict[str, str] = {}
+    if token_env:
+        token = settings.env_value(token_env)
+        if not token:
+            raise FetchError(f"{url}: token_env names {token_env}, which is not set")
+        headers["Authorization"] = f"Bearer {token}"
+    elif on_hub and (hub_token := settings.hf_token()):
+        from huggingface_hub.utils import build_hf_headers
+
+        headers = build_hf_headers(token=hub_token)
+    errors = hub_errors(_repo_of_url(url), None) if on_hub else nullcontext()
+    with errors:
+        return url_download.download(url, cache, sha256=sha256, headers=headers, progress=progress)
 
 
 def _repo_of_url(url: str) -> str | None:
@@ -173,22 +144,6 @@ def _repo_of_url(url: str) -> str | None:
     path = urlsplit(url).path.strip("/")
     head, sep, _ = path.partition("/resolve/")
     return head if sep else None
-
-
-@contextmanager
-def _url_errors(url: str) -> Iterator[None]:
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        yield
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        raise FetchError(f"{url}: the server answered HTTP {status}") from None
-    except (httpx2.TransportError, ConnectionError) as exc:
-        raise FetchError(
-            f"cannot download {url} ({type(exc).__name__}): check the network and the URL"
-        ) from None
 
 
 def _same_origin(a: str, b: str) -> bool:

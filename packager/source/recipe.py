@@ -75,6 +75,8 @@ class Source(_Strict):
     # folder (only its configs and tokenizer are read).
     config: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # The environment variable holding the token a `url` download sends (CivitAI's, say).
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("url")
     @classmethod
@@ -89,6 +91,8 @@ class Source(_Strict):
             raise ValueError(f"give exactly one of repo, path, file or url (got {got})")
         if kinds[0] in ("file", "url") and not self.config:
             raise ValueError("a single-file checkpoint needs `config` (a hub repo id or a local folder)")
+        if kinds[0] != "url" and self.token_env:
+            raise ValueError("`token_env` applies to `url` sources only")
         if kinds[0] != "repo" and self.variant:
             raise ValueError("`variant` applies to hub repos only")
         return self
