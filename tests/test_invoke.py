@@ -25,11 +25,11 @@ import pytest
 
 from packager.deploy import invoke as client
 from tests.rig.artifacts import tiny_recipe, tiny_source
+from tests.rig.cli import run_packager
 from tests.rig.runpod_api import RunPodStandIn
 from tests.rig.runpod_serverless import ServerlessStandIn
 from tests.rig.worker import REPO, decode_png, free_port, worker_env
 
-INVOKE = (sys.executable, "-m", "packager", "invoke")
 LINE_RE = re.compile(r"^Request took \d+\.\d+s \(inference: \d+\.\d+s(, init: \d+\.\d+s)?\)$")
 
 
@@ -84,14 +84,7 @@ def run_invoke(
     env["RUNPOD_API_BASE_URL"] = api.url
     env["RUNPOD_ENDPOINT_BASE_URL"] = jobs.base_url
     env["RUNPOD_API_KEY"] = key or api.api_key
-    return subprocess.run(
-        [sys.executable, "-m", "packager", "invoke", str(recipe), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_packager("invoke", str(recipe), *args, env=env, timeout=120)
 
 
 def test_invoke_finds_the_endpoint_by_name_times_runs_and_saves_images(
@@ -251,13 +244,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
 
 def test_invoke_local_prints_the_line_and_saves_the_image(served: tuple[Path, dict[str, str], str]) -> None:
     recipe, env, url = served
-    proc = subprocess.run(
-        [*INVOKE, str(recipe), "--local", url, "--runs", "2", "--input", '{"seed": 3, "width": 128}'],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_packager(
+        "invoke", str(recipe), "--local", url, "--runs", "2", "--input", '{"seed": 3, "width": 128}', env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -278,24 +266,7 @@ def test_invoke_local_fails_in_one_line_with_the_workers_error(
     served: tuple[Path, dict[str, str], str],
 ) -> None:
     recipe, env, url = served
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "packager",
-            "invoke",
-            str(recipe),
-            "--local",
-            url,
-            "--input",
-            '{"width": 100}',
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_packager("invoke", str(recipe), "--local", url, "--input", '{"width": 100}', env=env)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert re.match(r"^packager: error: job \S+ FAILED: width: must be a multiple of 8 \(got 100\)", line), (

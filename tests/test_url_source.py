@@ -20,8 +20,9 @@ from packager.source import lock as lk
 from packager.source import url_download
 from packager.source.recipe import load_recipe
 from tests.rig import layouts as L
+from tests.rig.cli import run_packager
 from tests.rig.download_server import TOKEN, DownloadServers
-from tests.rig.fixtures_hub import run_packager, write_recipe
+from tests.rig.fixtures_hub import write_recipe
 from tests.rig.localhub import LocalHub
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
