@@ -61,8 +61,8 @@ class FakeWorker:
 def endpoint() -> Iterator[tuple[RunPodStandIn, ServerlessStandIn, FakeWorker]]:
     worker = FakeWorker()
     with RunPodStandIn() as api:
-        api.add_endpoint(name="tiny-baked")
-        ep = api.add_endpoint(name="other-baked")
+        api.add_endpoint(name="tiny-baked", gpu={"pools": ["ADA_24"], "count": 1})
+        ep = api.add_endpoint(name="other-baked", gpu={"pools": ["ADA_24"], "count": 1})
         with ServerlessStandIn(worker, api.endpoints, api_key=api.api_key) as jobs:
             yield api, jobs, worker
         assert ep["id"] in api.endpoints
