@@ -181,7 +181,7 @@ def test_a_base_image_from_the_command_line_is_checked_and_rendered_quoted(tmp_p
     with pytest.raises(ImageError, match="base image: not a valid image reference"):
         identity(loaded, "a" * 64, "baked", base_image="python:3.11\nRUN id")
     manifest = mf.Manifest(name="m", source={"kind": "hub"}, precision="fp16", pipeline="X", files=())
-    dockerfile = plan(loaded, manifest, "a" * 64, "baked", base_image="python:3.11-slim").text
+    dockerfile = plan(loaded, manifest, "a" * 64, "volume", base_image="python:3.11-slim").text
     assert "ARG BASE_IMAGE='python:3.11-slim'" in dockerfile
 
 
