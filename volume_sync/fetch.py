@@ -234,7 +234,7 @@ STAGING_NAME = ".partial"
 def staging_dir(dest: Path) -> Path:
     """Where a fetch into `dest` stages its files: beside it, on the same filesystem, hidden; inside
     it when `dest` is an existing (empty) folder, which may be a mount point that cannot be replaced."""
-    if dest.is_dir():
+    if is_empty_destination(dest):
         return dest / STAGING_NAME
     return dest.parent / f".{dest.name}.partial"
 
