@@ -17,13 +17,9 @@ def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def publish_token(variable: str) -> str | None:
-    """The hub write token for `packager publish`, from the variable the recipe names. Never logged."""
-    return os.environ.get(variable) or None
-
-
 def env_value(name: str) -> str | None:
-    """A variable the recipe names (`token_env: CIVITAI_TOKEN`): read here, never stored."""
+    """A variable the recipe names (`token_env: HF_TOKEN`, `CIVITAI_TOKEN`): read here, never stored
+    or logged."""
     return os.environ.get(name) or None
 
 

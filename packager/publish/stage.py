@@ -13,7 +13,8 @@ from packager import settings
 from packager.errors import PublishError, RecipeError
 from packager.pipeline.run import Outcome, Run
 from packager.publish.hub_repo import publish, published_commit
-from packager.source.recipe import LoadedRecipe, Publish
+from packager.source.recipe import LoadedRecipe
+from packager.source.recipe_sections import Publish
 
 
 def publish_section(loaded: LoadedRecipe) -> Publish:
@@ -25,7 +26,7 @@ def publish_section(loaded: LoadedRecipe) -> Publish:
 
 
 def token_for(section: Publish) -> str:
-    token = settings.publish_token(section.token_env)
+    token = settings.env_value(section.token_env)
     if token is None:
         raise PublishError(
             f"{section.token_env} is not set: publishing to {section.repo} needs a hub token with write"
