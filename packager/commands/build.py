@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from packager.commands.options import (
-    base_image_option,
-    find_links_option,
     frozen_option,
+    image_inputs_options,
     mode_option,
     recipe_argument,
+    value_option,
 )
 from packager.output import emit, grid, human_bytes, json_option
 
@@ -32,13 +32,11 @@ if TYPE_CHECKING:
     default=None,
     help="Push every tag to its registry after the build (default: the recipe's `image.push`).",
 )
-@base_image_option
-@find_links_option
-@click.option(
+@image_inputs_options
+@value_option(
     "--network",
-    default=None,
-    metavar="NAME",
-    help="Network for the build's RUN steps (default: the engine's; `host` for a loopback --find-links).",
+    "NAME",
+    "Network for the build's RUN steps (default: the engine's; `host` for a loopback --find-links).",
 )
 @click.option("--no-cache", is_flag=True, help="Build every layer afresh, even when the image is up to date.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the build log.")
@@ -63,22 +61,13 @@ def build_command(
     Registry credentials come from your docker config (`docker login`), never from the recipe.
     """
     from packager.pipeline.run import ImageOptions, Run
-    from packager.pipeline.stages import ensure_image, ensure_lock
+    from packager.pipeline.stages import lock_then_image
     from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
-    options = ImageOptions(
-        policy="build",
-        push=push,
-        base_image=base_image,
-        pip_find_links=pip_find_links,
-        network=network,
-        no_cache=no_cache,
-        quiet_build=quiet,
-    )
+    options = ImageOptions("build", push, base_image, pip_find_links, network, no_cache, quiet_build=quiet)
     run = Run(loaded, cast("Mode", mode or loaded.recipe.mode), frozen=frozen, quiet=as_json, image=options)
-    ensure_lock(run)
-    outcome = ensure_image(run)
+    outcome = lock_then_image(run)
     result = run.built
     assert result is not None  # the build policy builds or finds the image, or raises
     if outcome.moved_nothing and not quiet:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from packager.commands.options import mode_option, recipe_argument
+from packager.commands.options import mode_option, recipe_argument, value_option
 from packager.output import emit, grid, json_option, warn
 
 if TYPE_CHECKING:
@@ -17,18 +17,12 @@ if TYPE_CHECKING:
 @click.command()
 @recipe_argument
 @mode_option
-@click.option(
+@value_option(
     "--image",
-    metavar="TAG",
-    default=None,
-    help="Image the workers run (default: the tag `packager build` gives this recipe's artifact and mode).",
+    "TAG",
+    "Image the workers run (default: the tag `packager build` gives this recipe's artifact and mode).",
 )
-@click.option(
-    "--artifact-id",
-    metavar="ID",
-    default=None,
-    help="Artifact to deploy (default: the one the recipe's lock records).",
-)
+@value_option("--artifact-id", "ID", "Artifact to deploy (default: the one the recipe's lock records).")
 @click.option(
     "--dry-run",
     is_flag=True,

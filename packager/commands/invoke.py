@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from packager.commands.options import mode_option, recipe_argument
+from packager.commands.options import mode_option, recipe_argument, shown_option, value_option
 from packager.output import emit, json_option
 
 if TYPE_CHECKING:
@@ -24,48 +24,31 @@ DEFAULT_PROMPT = "a photo of a lighthouse on a cliff at dawn"
 @click.option(
     "--prompt", default=None, help=f"What to draw (default: {DEFAULT_PROMPT!r} unless --input has one)."
 )
-@click.option(
+@value_option(
     "--input",
-    "input_json",
-    metavar="JSON",
-    default=None,
-    help='The job\'s input as a JSON object, either shape: \'{"prompt": "...", "seed": 1}\' or '
+    "JSON",
+    'The job\'s input as a JSON object, either shape: \'{"prompt": "...", "seed": 1}\' or '
     'docker-diffusers-api\'s \'{"modelInputs": {...}, "callInputs": {...}}\'.',
+    dest="input_json",
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="Jobs to send, one after another.",
-)
-@click.option(
-    "--endpoint-id",
-    metavar="ID",
-    default=None,
-    help="Endpoint to call (default: the one `deploy` named for RECIPE).",
-)
-@click.option(
-    "--local",
-    "local_url",
-    metavar="URL",
-    default=None,
-    help="Call `packager serve` at URL instead (e.g. http://127.0.0.1:8000).",
+@shown_option("--runs", click.IntRange(1, 1000), 1, "Jobs to send, one after another.")
+@value_option("--endpoint-id", "ID", "Endpoint to call (default: the one `deploy` named for RECIPE).")
+@value_option(
+    "--local", "URL", "Call `packager serve` at URL instead (e.g. http://127.0.0.1:8000).", dest="local_url"
 )
 @mode_option
-@click.option(
+@shown_option(
     "--timeout",
-    "timeout_s",
-    type=click.FloatRange(1, 86400),
-    default=600,
-    show_default=True,
-    help="Seconds to wait for each job (a cold endpoint pulls its image first).",
+    click.FloatRange(1, 86400),
+    600,
+    "Seconds to wait for each job (a cold endpoint pulls its image first).",
+    dest="timeout_s",
 )
-@click.option(
+@value_option(
     "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where images and videos go (default: build/invoke/).",
+    "DIRECTORY",
+    "Where images and videos go (default: build/invoke/).",
+    value_type=click.Path(file_okay=False, path_type=Path),
 )
 @json_option
 def invoke(

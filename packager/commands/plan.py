@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from artifact_format.vocab import short_id
-from packager.commands.options import recipe_argument
+from packager.commands.options import recipe_argument, shown_option, value_option
 from packager.deploy import cost as costs
 from packager.deploy import plan as planning
 from packager.output import emit, grid, human_bytes, json_option, warn
@@ -23,55 +23,48 @@ _positive = click.FloatRange(min=0, min_open=True)
 
 @click.command()
 @recipe_argument
-@click.option(
+@value_option(
     "--artifact",
-    "artifact_path",
-    metavar="DIR",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Artifact folder to plan for (default: the recipe's, under build/artifacts/).",
+    "DIR",
+    "Artifact folder to plan for (default: the recipe's, under build/artifacts/).",
+    dest="artifact_path",
+    value_type=click.Path(file_okay=False, exists=True, path_type=Path),
 )
-@click.option(
+@shown_option(
     "--bandwidth-mbps",
-    type=_positive,
-    default=planning.DEFAULT_BANDWIDTH_MBPS,
-    show_default=True,
-    help="Image pull rate from the registry, in megabits per second (an assumption: measure yours).",
+    _positive,
+    planning.DEFAULT_BANDWIDTH_MBPS,
+    "Image pull rate from the registry, in megabits per second (an assumption: measure yours).",
 )
-@click.option(
+@shown_option(
     "--hub-bandwidth-mbps",
-    type=_positive,
-    default=planning.DEFAULT_HUB_BANDWIDTH_MBPS,
-    show_default=True,
-    help="Hub → host rate RunPod downloads a cached model at on a cache miss (an assumption).",
+    _positive,
+    planning.DEFAULT_HUB_BANDWIDTH_MBPS,
+    "Hub → host rate RunPod downloads a cached model at on a cache miss (an assumption).",
 )
-@click.option(
+@shown_option(
     "--requests-per-day",
-    type=click.FloatRange(min=0),
-    default=costs.DEFAULT_REQUESTS_PER_DAY,
-    show_default=True,
-    help="Load to price both options at.",
+    click.FloatRange(min=0),
+    costs.DEFAULT_REQUESTS_PER_DAY,
+    "Load to price both options at.",
 )
-@click.option(
+@shown_option(
     "--seconds-per-request",
-    type=_positive,
-    default=costs.DEFAULT_SECONDS_PER_REQUEST,
-    show_default=True,
-    help="Billed GPU seconds per request (RunPod rounds each request up to a whole second).",
+    _positive,
+    costs.DEFAULT_SECONDS_PER_REQUEST,
+    "Billed GPU seconds per request (RunPod rounds each request up to a whole second).",
 )
-@click.option(
+@shown_option(
     "--gpu-price-serverless",
-    type=_positive,
-    default=costs.DEFAULT_SERVERLESS_PER_S,
-    show_default=True,
-    help="Serverless (flex) $ per second; default: RunPod's 24 GB tier.",
+    _positive,
+    costs.DEFAULT_SERVERLESS_PER_S,
+    "Serverless (flex) $ per second; default: RunPod's 24 GB tier.",
 )
-@click.option(
+@shown_option(
     "--gpu-price-hourly",
-    type=_positive,
-    default=costs.DEFAULT_ALWAYS_ON_PER_H,
-    show_default=True,
-    help="Always-on worker $ per hour; default: RunPod's 24 GB active worker ($0.00013/s).",
+    _positive,
+    costs.DEFAULT_ALWAYS_ON_PER_H,
+    "Always-on worker $ per hour; default: RunPod's 24 GB active worker ($0.00013/s).",
 )
 @click.option(
     "--base-image-bytes",
@@ -86,13 +79,12 @@ _positive = click.FloatRange(min=0, min_open=True)
     show_default=True,
     help="Worker benchmark results to take import and load times from.",
 )
-@click.option(
+@value_option(
     "--plot",
-    "plot_path",
-    metavar="FILE.png",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a PNG of monthly cost vs requests/day for both options.",
+    "FILE.png",
+    "Write a PNG of monthly cost vs requests/day for both options.",
+    dest="plot_path",
+    value_type=click.Path(dir_okay=False, path_type=Path),
 )
 @json_option
 def plan(

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from packager.commands.options import (
-    base_image_option,
-    find_links_option,
     frozen_option,
+    image_inputs_options,
     mode_option,
     recipe_argument,
 )
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     default=None,
     help="Context folder (default: build/contexts/<name>/<id>-<mode>/). Replaced whole.",
 )
-@base_image_option
-@find_links_option
+@image_inputs_options
 @frozen_option
 @json_option
 def render_command(
@@ -51,21 +49,14 @@ def render_command(
     with `docker build --build-arg BASE_IMAGE=... DIR`, or let `packager build` do it.
     """
     from packager.pipeline.run import ImageOptions, Run
-    from packager.pipeline.stages import ensure_image, ensure_lock
+    from packager.pipeline.stages import lock_then_image
     from packager.source.recipe import load_recipe
 
     loaded = load_recipe(recipe_file)
     chosen = cast("Mode", mode or loaded.recipe.mode)
-    options = ImageOptions(
-        policy="render",
-        base_image=base_image,
-        pip_find_links=pip_find_links,
-        out_dir=out_dir,
-        fresh_context=True,
-    )
+    options = ImageOptions("render", None, base_image, pip_find_links, out_dir=out_dir, fresh_context=True)
     run = Run(loaded, chosen, frozen=frozen, quiet=as_json, image=options)
-    ensure_lock(run)
-    ensure_image(run)
+    lock_then_image(run)
     result = run.rendered
     assert result is not None  # fresh_context: always rendered
     artifact_id = run.artifact_id

@@ -152,3 +152,9 @@ def ensure_image(run: Run) -> Outcome:
         quiet=run.quiet or options.quiet_build,
     )
     return Outcome("done", f"{tag} built{' and pushed' if run.built.pushed else ''}")
+
+
+def lock_then_image(run: Run) -> Outcome:
+    """The lock, then the image stage alone: all `render` and `build` need (the artifact only when baked)."""
+    ensure_lock(run)
+    return ensure_image(run)
