@@ -158,9 +158,11 @@ def test_an_unchanged_recipe_sends_zero_writes(runpod_api: RunPodStandIn, recipe
 
     assert again.returncode == 0, again.stderr
     assert runpod_api.writes() == []
-    # The id stored after the first deploy: one read of that endpoint, no list.
+    # The id stored after the first deploy: one read of that endpoint, no list; then one GraphQL
+    # read of its cached models (a query, not a write).
     assert [(r.method, r.path) for r in runpod_api.requests] == [
-        ("GET", f"{SERVERLESS}/{first['endpoint']['id']}")
+        ("GET", f"{SERVERLESS}/{first['endpoint']['id']}"),
+        ("POST", "/graphql"),
     ]
     assert "unchanged" in again.stdout
     assert "nothing to change" in again.stdout
@@ -268,7 +270,8 @@ def test_an_endpoint_made_elsewhere_is_found_by_name_among_many_and_matched_tole
     # Remembered: the next run reads it by id.
     runpod_api.requests.clear()
     deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
-    assert [r.path for r in runpod_api.requests] == [f"{SERVERLESS}/{made['id']}"]
+    # ... and its cached models, which only GraphQL shows.
+    assert [r.path for r in runpod_api.requests] == [f"{SERVERLESS}/{made['id']}", "/graphql"]
 
 
 def test_the_state_file_holds_ids_only_and_a_stale_id_falls_back_to_the_name(
@@ -428,7 +431,7 @@ def test_request_count_scaling_sends_no_idle_timeout(runpod_api: RunPodStandIn, 
     deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
     again = deploy_json(recipe, runpod_api, "--artifact-id", ARTIFACT_A)
 
-    (sent,) = runpod_api.bodies("POST")
+    (sent,) = runpod_api.bodies("POST", SERVERLESS)
     assert sent["workers"] == {"min": 0, "max": 2}
     assert sent["scaling"] == {"type": "REQUEST_COUNT", "requestCount": 2}
     assert again["endpoint"]["action"] == "unchanged"

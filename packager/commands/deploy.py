@@ -86,6 +86,7 @@ def deploy(
             "",
             f"image  {target.image}",
             f"url    {result.url}",
+            *(f"model  {ref} (cached)" for ref in result.model_references),
             f"{result.writes} change(s) sent" if result.writes else "nothing to change",
         ]
     )

@@ -6,8 +6,8 @@ import click
 
 from artifact_format.vocab import short_id
 from packager.commands.options import frozen_option, recipe_argument
+from packager.image.naming import model_reference
 from packager.output import emit, human_bytes, json_option, progress_enabled
-from packager.publish.hub_repo import model_reference
 
 
 @click.command()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from packager.deploy import state
+from packager.deploy import model_cache, state
 from packager.deploy.payload import Target
 from packager.deploy.runpod_api import ENDPOINTS, TEMPLATES, Call, RunPodREST
 from packager.errors import DeployError
@@ -61,9 +61,12 @@ class Deployment:
     planned: list[Call] = field(default_factory=list)
     dry_run: bool = False
 
+    # The endpoint's cached models after deploy (`modelReferences`).
+    model_references: tuple[str, ...] = ()
+
     @property
     def writes(self) -> int:
-        return sum(1 for s in self.sent if not s.startswith("GET "))
+        return sum(1 for s in self.sent if not s.startswith(("GET ", "QUERY ")))
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class Deployment:
             "endpoint": self.endpoint.to_json() if self.endpoint else None,
             "template": self.template.to_json() if self.template else None,
             "url": self.url,
+            "model_references": list(self.model_references),
             "writes": self.writes,
             "sent": self.sent,
             "dry_run": self.dry_run,
@@ -95,6 +99,7 @@ def deploy(target: Target, client: RunPodREST, state_file: Path, *, plan_only: b
     if target.template is not None:
         out.template, _ = run.sync(TEMPLATE, target.template)
     out.endpoint, answer = run.sync(ENDPOINT, target.endpoint)
+    run.pin_models(out.endpoint)
     urls = answer.get("requestUrls")
     run_sync = urls.get("runSync") if isinstance(urls, dict) else None
     if isinstance(run_sync, str):
@@ -118,11 +123,16 @@ def offline_plan(target: Target, base_url: str, state_file: Path) -> dict[str, A
         update = Call("PATCH", f"{kind.path}/{known or '{id}'}", {"...": "only the fields that differ"})
         when = f"the {kind.name} exists: update what differs (with RUNPOD_API_KEY set: the exact PATCH)"
         steps.append({"when": when, **update.to_json(base_url)})
+    if target.model_references:
+        pin = model_cache.planned_save(sorted(target.model_references))
+        when = "cached mode: read the endpoint back (GraphQL), then pin its cached model when it differs"
+        steps.append({"when": when, **pin.to_json(base_url)})
     return {
         "dry_run": True,
         "image": target.image,
         "mode": target.mode,
         "artifact_id": target.artifact_id,
+        "model_references": list(target.model_references),
         "requests": steps,
     }
 
@@ -168,6 +178,27 @@ class _Run:
                 f"(sent {_brief(wanted, missed)}, answered {_brief(answer, missed)})"
             )
         return Outcome(name, str(answer["id"]), action, changed), answer
+
+    def pin_models(self, endpoint: Outcome) -> None:
+        """Make the endpoint's cached models the target's, through GraphQL (REST v2 has no field).
+        A new endpoint holds none, so only a cached one is read and written after a create."""
+        wanted = sorted(self.out.target.model_references)
+        self.out.model_references = tuple(wanted)
+        if endpoint.action == "created" and not wanted:
+            return
+        if not endpoint.id:  # a dry run of a create: the save would follow it
+            self.out.planned.append(model_cache.planned_save(wanted))
+            return
+        self.out.sent.append(f"QUERY {model_cache.GRAPHQL} myself.endpoints")
+        current = model_cache.held(self.client, endpoint.id)
+        if model_cache.references_of(current) == wanted:
+            return
+        call = model_cache.save_call(current, wanted)
+        if self.out.dry_run:
+            self.out.planned.append(call)
+            return
+        self.out.sent.append(f"MUTATION {model_cache.GRAPHQL} saveEndpoint")
+        model_cache.pin(self.client, current, wanted)
 
     def find(self, kind: Kind, name: str) -> dict[str, Any] | None:
         """The stored id's object when it still exists; else the one object of that name, if any."""

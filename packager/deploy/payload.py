@@ -55,6 +55,8 @@ class Target:
     endpoint: dict[str, Any]
     # Only when the recipe names one (`deploy.template_name`): a reusable serverless template.
     template: dict[str, Any] | None
+    # The endpoint's cached models: the published commit in cached mode, none otherwise.
+    model_references: tuple[str, ...] = ()
 
     @property
     def endpoint_name(self) -> str:
@@ -90,7 +92,10 @@ def plan_target(loaded: LoadedRecipe, *, mode: Mode, artifact_id: str, image: st
             "startSsh": False,
             "startJupyter": False,
         }
-    return Target(mode=mode, artifact_id=artifact_id, image=image, endpoint=endpoint, template=template)
+    references = (
+        (naming.model_reference(*naming.published_model(loaded, artifact_id)),) if mode == "cached" else ()
+    )
+    return Target(mode, artifact_id, image, endpoint, template, references)
 
 
 def endpoint_name(loaded: LoadedRecipe, mode: Mode) -> str:

@@ -79,6 +79,21 @@ class RunPodREST:
             raise DeployError(_no_identity(call, "id"))
         return data
 
+    def graphql(self, call: Call, what: str) -> dict[str, Any]:
+        """A GraphQL answer's `data`; its `errors` (RunPod answers them with 200) as one line."""
+        status, data = self._exchange(call)
+        if status == 404 or not isinstance(data, dict):
+            raise DeployError(f"RunPod API: GraphQL {what}: no GraphQL API at {self.base_url}{call.path}")
+        errors = data.get("errors")
+        if errors:
+            first = errors[0] if isinstance(errors, list) and errors else errors
+            message = first.get("message") if isinstance(first, dict) else first
+            raise DeployError(f"RunPod API: GraphQL {what}: {_one_line(str(message))}")
+        found = data.get("data")
+        if not isinstance(found, dict):
+            raise DeployError(_no_identity(call, "data"))
+        return found
+
     def _exchange(self, call: Call) -> tuple[int, Any]:
         """(status, decoded JSON) of a 2xx or 404; every other answer is one DeployError line."""
         import requests

@@ -39,6 +39,11 @@ def published_model(loaded: LoadedRecipe, artifact_id: str) -> tuple[str, str]:
     return published["repo"], published["commit"]
 
 
+def model_reference(repo: str, commit: str) -> str:
+    """How a RunPod endpoint names a cached model pinned to a commit (never a moving branch)."""
+    return f"https://huggingface.co/{repo}:{commit}"
+
+
 def weights_tag(repository: str, artifact_id: str, weights_digest: str) -> str:
     """`<repository>:weights-<id[:12]>-<digest[:8]>`: the baked worker image's parent, per artifact
     and base (the digest covers the base and the requirements), shared by every recipe."""

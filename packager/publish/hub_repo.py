@@ -57,11 +57,6 @@ class _Local:
     file: Path
 
 
-def model_reference(repo: str, commit: str) -> str:
-    """How a RunPod endpoint names a cached model pinned to a commit (never a moving branch)."""
-    return f"https://huggingface.co/{repo}:{commit}"
-
-
 def tag_name(artifact_id: str) -> str:
     return TAG_PREFIX + short_id(artifact_id)
 

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 
+from tests.rig import runpod_graphql
 from tests.rig import runpod_schema as rs
 
 # RunPod's serverless GPU pools (its GPU-types reference and the flash SDK's GpuGroup).
@@ -179,10 +180,10 @@ class RunPodStandIn:
     # ----------------------------------------------------------------- for tests
     def writes(self) -> list[tuple[str, str]]:
         """(method, path) of every request that could change something, accepted or not."""
-        return [(r.method, r.path) for r in self.requests if r.method != "GET"]
+        return [(r.method, r.path) for r in self.requests if r.method != "GET" and not _graphql_read(r)]
 
-    def bodies(self, method: str) -> list[dict[str, Any]]:
-        return [json.loads(r.body) for r in self.requests if r.method == method]
+    def bodies(self, method: str, path: str | None = None) -> list[dict[str, Any]]:
+        return [json.loads(r.body) for r in self.requests if r.method == method and path in (None, r.path)]
 
     def raw_traffic(self) -> str:
         """Everything clients sent, for "this value never reached the API" checks."""
@@ -232,11 +233,15 @@ class RunPodStandIn:
             return p.status, p.body()
 
     def _unknown_identity(self, rec: Recorded) -> tuple[int, Any]:
+        if rec.path == "/graphql":
+            return 200, {"data": {"myself": None}}
         if rec.method == "GET" and rec.path in ("/v2/serverless", "/v2/templates"):
             return 200, {rec.path.rsplit("/", 1)[1].replace("serverless", "endpoints"): None}
         return 200, None
 
     def _route(self, rec: Recorded) -> tuple[int, Any]:
+        if rec.path == "/graphql" and rec.method == "POST":
+            return 200, runpod_graphql.execute(self, self._body(rec))
         found = re.fullmatch(r"/v2/(serverless|templates)(?:/([^/]+))?", rec.path)
         if not found:
             raise Problem(404, f"no route {rec.path}")
@@ -406,3 +411,14 @@ class RunPodStandIn:
     def _new_id(self, length: int) -> str:
         digest = hashlib.sha256(f"standin-{next(self._ids)}".encode()).hexdigest()
         return digest[:length]
+
+
+def _graphql_read(rec: Recorded) -> bool:
+    """A GraphQL query (not a mutation): it reads, whatever the HTTP method."""
+    if rec.path != "/graphql":
+        return False
+    try:
+        query = json.loads(rec.body).get("query", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(query, str) and query.lstrip().startswith(("query", "{"))
