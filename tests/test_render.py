@@ -515,7 +515,8 @@ def test_make_lint_entry_point_runs() -> None:
         [sys.executable, "-m", "packager.image.lint_dockerfiles"], capture_output=True, text=True, cwd=REPO
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "hadolint: 6 rendered Dockerfiles, no findings"
+    # baked (worker + weights), volume and cached, each on a base with torch and one without
+    assert done.stdout.strip() == "hadolint: 8 rendered Dockerfiles, no findings"
 
 
 # --- commands -------------------------------------------------------------------------------------------

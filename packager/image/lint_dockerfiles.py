@@ -26,6 +26,7 @@ name: lint-sample
 source: {{repo: example/model, revision: main}}
 image: {{base: {base}, base_has_torch: {has_torch}, repository: registry.example.com/team/models}}
 worker: {{defaults: {{negative_prompt: "it's \\"quoted\\" and $dollared"}}}}
+publish: {{repo: example/model-packaged}}
 """
 
 
@@ -62,7 +63,8 @@ def rendered_samples(folder: Path) -> list[Path]:
     ):
         recipe = parse_recipe(_RECIPE.format(base=base, has_torch=has_torch), "lint-sample.yaml")
         loaded = LoadedRecipe(recipe=recipe, path=folder / "lint-sample.yaml")
-        for mode in ("baked", "volume"):
+        _published_lock(loaded, artifact_id)
+        for mode in ("baked", "volume", "cached"):
             p = plan(
                 loaded,
                 manifest,
@@ -78,6 +80,16 @@ def rendered_samples(folder: Path) -> list[Path]:
                 target.write_text(p.weights.text)
                 out.append(target)
     return out
+
+
+def _published_lock(loaded: LoadedRecipe, artifact_id: str) -> None:
+    """The lock `packager publish` leaves, which the cached-mode image takes its commit from."""
+    from packager.source.lock import Lock, write_lock
+
+    source = {"kind": "hub", "repo": "example/model", "commit": "a" * 40}
+    published = {"repo": "example/model-packaged", "commit": "b" * 40}
+    lock = Lock(1, "lint-sample", source, {}, {}, "0" * 64, artifact_id, published=published)
+    write_lock(loaded, lock)
 
 
 def hadolint_binary() -> str | None:
