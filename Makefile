@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/coldstart.py
 	$(PY) bench/upload.py
 	$(PY) bench/image.py
+	$(PY) bench/refusals.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

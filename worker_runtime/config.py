@@ -29,6 +29,8 @@ DEFAULT_PULL_TIMEOUT_S = 600.0
 DEFAULT_HF_HUB_CACHE = "/runpod-volume/huggingface-cache/hub"
 BUCKET_VARS = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
 _TRUE = {"1", "true", "yes", "on"}
+# How a failed job is answered: RunPod's FAILED status, or docker-diffusers-api's `$error` output.
+ERROR_STYLES = ("runpod", "diffusers-api")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Settings:
     model_repo: str | None = None
     model_commit: str | None = None
     hf_hub_cache: Path = Path(DEFAULT_HF_HUB_CACHE)
+    errors: str = "runpod"  # WORKER_ERRORS, one of ERROR_STYLES
 
 
 def parse_worker_config(text: str | None) -> WorkerConfig:
@@ -181,6 +184,9 @@ def read_settings(env: dict[str, str] | os._Environ[str] = os.environ) -> Settin
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise StartError(f"WORKER_DEVICE: must be cpu, cuda or cuda:N (got {device!r})")
     mount = env.get("VOLUME_MOUNT", "").strip()
+    errors = env.get("WORKER_ERRORS", "").strip().lower() or ERROR_STYLES[0]
+    if errors not in ERROR_STYLES:
+        raise StartError(f"WORKER_ERRORS: must be one of {', '.join(ERROR_STYLES)} (got {errors[:40]!r})")
     return Settings(
         model_dir=Path(env["MODEL_DIR"]) if env.get("MODEL_DIR", "").strip() else None,
         artifact_uri=env.get("ARTIFACT_URI", "").strip() or None,
@@ -200,4 +206,5 @@ def read_settings(env: dict[str, str] | os._Environ[str] = os.environ) -> Settin
         model_repo=env.get("MODEL_REPO", "").strip() or None,
         model_commit=env.get("MODEL_COMMIT", "").strip() or None,
         hf_hub_cache=Path(env.get("HF_HUB_CACHE", "").strip() or DEFAULT_HF_HUB_CACHE),
+        errors=errors,
     )

@@ -55,6 +55,10 @@ def as_base64(pngs: Sequence[bytes], mp4s: Sequence[bytes] = ()) -> dict[str, An
     return out
 
 
+class UploadFailed(Exception):
+    """The outputs could not be stored: the job fails in one line, the worker keeps serving."""
+
+
 def upload(
     pngs: Sequence[bytes], job_id: str, bucket_name: str | None, mp4s: Sequence[bytes] = ()
 ) -> dict[str, Any]:
@@ -65,7 +69,10 @@ def upload(
 
     def put(data: bytes, ext: str) -> str:
         name = f"{uuid.uuid4().hex[:12]}.{ext}"
-        return str(rp_upload.upload_in_memory_object(name, data, bucket_name=bucket_name, prefix=job_id))
+        try:
+            return str(rp_upload.upload_in_memory_object(name, data, bucket_name=bucket_name, prefix=job_id))
+        except Exception as exc:
+            raise UploadFailed(f"{type(exc).__name__}: {exc}") from None
 
     out = _one_or_many("image_url", "image_urls", [put(data, "png") for data in pngs])
     if mp4s:

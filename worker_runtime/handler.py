@@ -15,7 +15,9 @@ sent to `/run` runs when its `POST /status/<id>` is first asked for).
 Environment: MODEL_DIR, ARTIFACT_URI, VOLUME_MOUNT, PULL_TIMEOUT_S, WORKER_CONFIG (see config.py),
 WORKER_VERIFY_HASHES=0 to skip the sha256 check of every weight byte at start, WORKER_DEVICE to
 force cpu/cuda, WORKER_LOADER=auto|parallel|mmap (storage.py), WORKER_SAVE_DIR to also write the
-PNGs to a folder (local runs), BUCKET_* for `output: "s3"`.
+PNGs to a folder (local runs), BUCKET_* for `output: "s3"`,
+WORKER_ERRORS=diffusers-api to answer docker-diffusers-api requests' failures as COMPLETED jobs
+carrying `$error` (jobs.py).
 
 Start order, for the cold start: check the artifact (stat only) → start reading the weights into
 the page cache (or memory, on network storage) in threads that also hash them → import torch, the
@@ -27,12 +29,11 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from typing import Any, NoReturn
 
 from artifact_format.vocab import short_id
-from worker_runtime import artifact, clock, config, encode, family, generate, imports, load, requests
-from worker_runtime.errors import RequestError, StartError
+from worker_runtime import artifact, clock, config, family, imports, jobs, load
+from worker_runtime.errors import StartError
 
 PROCESS_START = clock.process_start()
 
@@ -90,71 +91,12 @@ print(
     flush=True,
 )
 
-SCHEDULERS = generate.Schedulers(LOADED.pipe)
-SERVING = requests.Serving(
-    call=CALL,
-    limits=SETTINGS.worker.limits,
-    default_size=LOADED.default_size,
-    pipeline=ARTIFACT.manifest.pipeline,
-    model_ids=frozenset(
-        {ARTIFACT.manifest.name} | {v for k, v in ARTIFACT.manifest.source.items() if k == "repo" and v}
-    ),
-    precision=ARTIFACT.manifest.precision,
-    has_safety_checker=getattr(LOADED.pipe, "safety_checker", None) is not None,
-    can_upload=SETTINGS.bucket_configured,
-    schedulers=SCHEDULERS.names,
-)
-META = {
-    "model": ARTIFACT.manifest.name,
-    "artifact_id": ARTIFACT.artifact_id,
-    "pipeline": ARTIFACT.manifest.pipeline,
-    "precision": LOADED.precision,
-    "device": LOADED.device,
-}
-_first_job = True
+SERVED = jobs.serve(LOADED, ARTIFACT.manifest, ARTIFACT.artifact_id, SETTINGS, CALL, torch, READY_S)
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
     """One job: check the input, generate, encode. Bad input fails the job, never the worker."""
-    global _first_job
-    try:
-        gen = requests.parse(job.get("input"), SERVING)
-    except RequestError as exc:
-        return {"error": str(exc)}
-    try:
-        result = generate.run(LOADED, gen, SCHEDULERS, torch, CALL)
-    except generate.OutOfMemory as exc:
-        return {"error": str(exc), "refresh_worker": True}
-    except Exception as exc:
-        traceback.print_exc()
-        return {"error": f"inference failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
-    pngs = [encode.png_bytes(image) for image in result.images]
-    mp4s = [encode.mp4_bytes(frames, result.fps or 1) for frames in result.videos or ()]
-    job_id = str(job.get("id") or "job")
-    try:
-        out = (
-            encode.upload(pngs, job_id, SETTINGS.bucket_name, mp4s)
-            if gen.output == "s3"
-            else encode.as_base64(pngs, mp4s)
-        )
-    except Exception as exc:
-        return {"error": f"output: upload to S3 failed: {type(exc).__name__}: {str(exc).strip()[:300]}"}
-    timings = {"inference": round(result.inference_ms, 1)}
-    if _first_job:
-        timings["init"] = round(READY_S * 1000, 1)
-        _first_job = False
-    out["seed"] = result.seed
-    if result.videos is not None:
-        out["num_frames"], out["fps"] = len(result.videos[0]), result.fps
-    if result.nsfw is not None:
-        out["nsfw_content_detected"] = result.nsfw
-    out["$timings"] = timings
-    out["$meta"] = {**META, "scheduler": result.scheduler}
-    if gen.request_id is not None:
-        out["$meta"]["startRequestId"] = gen.request_id
-    if SETTINGS.save_dir is not None:
-        encode.save(pngs, out, SETTINGS.save_dir, job_id, mp4s)
-    return out
+    return jobs.answer(SERVED, job)
 
 
 def main() -> None:

@@ -150,21 +150,21 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
     _only(model_inputs, MODEL_INPUTS, "modelInputs.")
     _only(call_inputs, CALL_INPUTS, "callInputs.")
 
-    model_id = call_inputs.get("MODEL_ID")
-    if model_id not in (None, "") and model_id not in serving.model_ids:
+    model_id = _optional(call_inputs, "MODEL_ID", str, "callInputs.")
+    if model_id and model_id not in serving.model_ids:
         served = ", ".join(sorted(serving.model_ids))
         raise RequestError(
-            f"callInputs.MODEL_ID: {model_id!r} is not served here (this worker serves {served})"
+            f"callInputs.MODEL_ID: {_short(model_id)} is not served here (this worker serves {served})"
         )
-    pipeline = call_inputs.get("PIPELINE")
-    if pipeline not in (None, "") and pipeline != serving.pipeline:
+    pipeline = _optional(call_inputs, "PIPELINE", str, "callInputs.")
+    if pipeline and pipeline != serving.pipeline:
         raise RequestError(
-            f"callInputs.PIPELINE: {pipeline!r} is not available (this worker runs {serving.pipeline})"
+            f"callInputs.PIPELINE: {_short(pipeline)} is not available (this worker runs {serving.pipeline})"
         )
-    precision = call_inputs.get("MODEL_PRECISION")
-    if precision not in (None, "") and precision != serving.precision:
+    precision = _optional(call_inputs, "MODEL_PRECISION", str, "callInputs.")
+    if precision and precision != serving.precision:
         raise RequestError(
-            f"callInputs.MODEL_PRECISION: {precision!r} is not available "
+            f"callInputs.MODEL_PRECISION: {_short(precision)} is not available "
             f"(this artifact is {serving.precision})"
         )
     _optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
@@ -241,7 +241,7 @@ def _build(
     scheduler = _scheduler(values.get("scheduler"), serving, scheduler_field)
     output = values.get("output", "base64")
     if output not in OUTPUTS:
-        raise RequestError(f"{output_field}: must be one of {', '.join(OUTPUTS)} (got {output!r})")
+        raise RequestError(f"{output_field}: must be one of {', '.join(OUTPUTS)} (got {_short(output)})")
     if output == "s3" and not serving.can_upload:
         raise RequestError(
             f"{output_field}: 's3' needs BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and "
@@ -315,7 +315,7 @@ def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
     available = serving.schedulers()
     if name not in available:
         raise RequestError(
-            f"{where}: {value!r} is not compatible with {serving.pipeline} (one of: "
+            f"{where}: {_short(value)} is not compatible with {serving.pipeline} (one of: "
             f"{', '.join(sorted(available))})"
         )
     return name
@@ -324,14 +324,14 @@ def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
 def _only(raw: Mapping[str, Any], known: Collection[str], prefix: str) -> None:
     for key in raw:
         if key not in known:
-            where = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!r}"
+            where = f"{prefix}{key}" if isinstance(key, str) and len(key) <= 40 else f"{prefix}{_short(key)}"
             raise RequestError(f"{where}: unknown field (known: {', '.join(known)})")
 
 
 def _optional(raw: Mapping[str, Any], key: str, kind: type, prefix: str) -> Any:
     value = raw.get(key)
     if value is not None and not isinstance(value, kind):
-        raise RequestError(f"{prefix}{key}: must be a {kind.__name__} (got {_kind(value)})")
+        raise RequestError(f"{prefix}{key}: must be a {_KINDS.get(kind, kind.__name__)} (got {_kind(value)})")
     return value
 
 
@@ -353,7 +353,7 @@ def _int(values: Mapping[str, Any], key: str, default: int, lo: int, hi: int, pr
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{prefix}{key}: must be a whole number (got {_short(value)})")
     if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo} and {hi} (got {value})")
+        raise RequestError(f"{prefix}{key}: must be between {lo} and {hi} (got {_short(value)})")
     return value
 
 
@@ -363,8 +363,10 @@ def _number(values: Mapping[str, Any], key: str, default: Any, lo: float, hi: fl
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise RequestError(f"{prefix}{key}: must be a number (got {_short(value)})")
+    # Compared before any conversion: Python compares a 400-digit int with a float exactly, where
+    # float() of it would raise; infinities fail the bounds.
     if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo:g} and {hi:g} (got {value:g})")
+        raise RequestError(f"{prefix}{key}: must be between {lo:g} and {hi:g} (got {_short(value)})")
     return float(value)
 
 
@@ -379,12 +381,19 @@ def _side(
     return side
 
 
+_KINDS: dict[type, str] = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+
+
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded echo of a client's value: never its whole text, never an error of its own."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        # repr() of a long enough int raises (Python's int-to-str digit limit) and is unreadable.
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, (dict, list)):
+        return f"{_kind(value)} of {len(value)} item(s)"
+    text = repr(value[:41] if isinstance(value, str) else value)
     return text if len(text) <= 40 else text[:37] + "..."
