@@ -209,9 +209,9 @@ def _open_components(
     if checkpoint is not None:
         from packager.convert.singlefile import checkpoint_components
 
-        from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped)
+        # The lock took weights from the config only for what the checkpoint does not carry.
+        from_ckpt = checkpoint_components(checkpoint, src_root, index, dropped | set(groups))
         for comp, (tensors, out_name) in from_ckpt.items():
-            groups.pop(comp, None)  # the checkpoint's weights win over any in the config folder
             out.append(_component(comp, out_name, checkpoint.name, tensors, index, precision))
     for folder, paths in sorted(groups.items()):
         out_rel, sources = pick_weights(folder, paths, src_root)

@@ -1,4 +1,5 @@
-"""Single-file checkpoints (original SD layout, as civitai-style models ship) → diffusers tensors.
+"""Single-file checkpoints → diffusers tensors: full original SD checkpoints (as civitai-style models
+ship), and FLUX.1 / SD3 transformers alone (BFL's and SAI's files, ComfyUI's fp8 e4m3fn ones).
 
 The key mapping is diffusers' own: the same `checkpoint_mapping_fn` that `from_single_file` uses
 for each model class, and for CLIP text encoders the same branches as diffusers'
@@ -10,7 +11,10 @@ for each model class, and for CLIP text encoders the same branches as diffusers'
 - configs come from the local config folder only (no hub access at convert time), and models are
   instantiated on the meta device just to learn the names and shapes they expect;
 - no model is materialised: the converted tensors are views of the mapped checkpoint wherever the
-  mapping allows, and stream through the same writer as any other weights.
+  mapping allows, and stream through the same writer as any other weights. The FLUX.1 and SD3
+  mappings copy as they go, so they run on stand-ins (row_mapping.py) and every tensor stays a view;
+  the UNet/VAE/CLIP mappings run on the tensors themselves (they reshape, which row stand-ins
+  cannot follow; what they return is renamed tensors and slices, views too).
 
 A converted component that lacks a weight its config expects, or has one of the wrong shape, is an
 error (the checkpoint does not match the config), never a silently random-initialised layer.
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format.vocab import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
+from packager.convert.row_mapping import ROW_MAPPINGS, map_rows, mapping_scale
 from packager.convert.tensor_reader import TensorSet, load_checkpoint_state
 from packager.errors import ConvertError
 
@@ -36,19 +41,21 @@ SCALE_SUFFIXES = (".scale_weight", ".scale_input")
 
 
 def checkpoint_components(
-    checkpoint: Path, config_root: Path, index: dict[str, Any], dropped: set[str]
+    checkpoint: Path, config_root: Path, index: dict[str, Any], skipped: set[str]
 ) -> dict[str, tuple[TensorSet, str]]:
     """Each component whose weights the checkpoint holds: (its tensors, output file name).
 
-    Components the checkpoint does not cover (a safety checker, say) are left out: the caller
-    takes them from the config folder when it has their weights.
+    `skipped` are the dropped components and those whose weights the config folder brings (the lock
+    took them there because the checkpoint does not carry them: the text encoders and VAE of a
+    transformer-only FLUX.1 or SD3 file). Components the checkpoint does not cover otherwise (a
+    safety checker, say) are left out too; the caller then finds them without weights.
     """
     state = load_checkpoint_state(checkpoint, checkpoint.name)
     _refuse_scaled_fp8(state, checkpoint.name)
     out: dict[str, tuple[TensorSet, str]] = {}
     try:
         for comp, spec in sorted(index.items()):
-            if comp.startswith("_") or comp in dropped or not _is_class_spec(spec):
+            if comp.startswith("_") or comp in skipped or not _is_class_spec(spec):
                 continue
             if not (config_root / comp / "config.json").is_file():
                 continue  # tokenizer, scheduler, feature extractor: no weights
@@ -126,9 +133,11 @@ def _convert_diffusers(
     loadable: dict[str, Any] = SINGLE_FILE_LOADABLE_CLASSES
     mapping_fn = loadable[mapping_class]["checkpoint_mapping_fn"]
     if _should_convert_state_dict_to_diffusers(expected, checkpoint):
+        scale = mapping_scale(mapping_class, config) if mapping_class in ROW_MAPPINGS else None
+        lazy = None if scale is None else map_rows(mapping_fn, checkpoint, config, scale)
         try:
             # Some mapping functions pop keys: each component gets its own copy of the name table.
-            converted = mapping_fn(checkpoint=dict(checkpoint), config=config)
+            converted = lazy if lazy is not None else mapping_fn(checkpoint=dict(checkpoint), config=config)
         except (KeyError, IndexError, ValueError, RuntimeError) as exc:
             raise ConvertError(
                 f"{comp}: the checkpoint does not follow the layout {class_name} expects "

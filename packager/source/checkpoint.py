@@ -1,23 +1,27 @@
 """A single-file checkpoint (on disk or behind a URL) plus the diffusers config it follows.
 
 The weights come from one file in the original layout; the pipeline's configs, tokenizers and
-scheduler come from `source.config`, a hub repo or a local folder, taken without its weights.
+scheduler come from `source.config`, a hub repo or a local folder, and so do the weights of the
+components the file does not carry (the text encoders and VAE of a transformer-only FLUX.1 or SD3
+file), locked and fetched like a hub source's.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format.manifest import sha256_file
 from packager.errors import FetchError, RecipeError
 from packager.source import hub
+from packager.source.checkpoint_parts import checkpoint_parts
 from packager.source.hub_repo import HubRepo
 from packager.source.inputs import Fetched, Pinned, Stats, stat_of, verify_local_file
 from packager.source.local_folder import LocalFolder
 from packager.source.recipe import HUB_REPO_RE
+from packager.source.select import is_weight_file
 
 if TYPE_CHECKING:
     from packager.source.lock import Lock
@@ -74,16 +78,22 @@ class _SingleFile:
         ref = self.config.repo if isinstance(self.config, HubRepo) else LOCAL_CONFIG
         return {"source.config": ref}
 
-    def pin_config(self, previous: Lock | None, *, quiet: bool) -> tuple[Pinned, Stats]:
-        if isinstance(self.config, LocalFolder):
-            files, stats = self.config.hash_files(previous)
+    def pin_config(self, checkpoint: Path, previous: Lock | None, *, quiet: bool) -> tuple[Pinned, Stats]:
+        """The config's files: its configs and tokenizers, and the weights of every component the
+        checkpoint does not carry (checkpoint_parts.py)."""
+        config = replace(self.config, weights=checkpoint_parts(checkpoint))
+        if isinstance(config, LocalFolder):
+            files, stats = config.hash_files(previous)
             return Pinned({"kind": "path"}, files, stats), dict(stats)
-        return self.config.resolve(previous, quiet=quiet), {}
+        return config.resolve(previous, quiet=quiet), {}
 
     def config_drift(self, lock: Lock) -> tuple[list[str], Stats]:
         if isinstance(self.config, HubRepo):
             return self.config.drift_of(lock.source["config"]), dict(lock.stat_cache)
-        return self.config.source_drift(lock)
+        # The components whose weights were locked from the config still are (a changed checkpoint
+        # is drift of its own, and re-locking selects again).
+        locked = frozenset(rel.partition("/")[0] for rel in lock.files if is_weight_file(rel))
+        return replace(self.config, weights=lambda comp, _spec: comp in locked).source_drift(lock)
 
     def fetch_config(self, lock: Lock, *, quiet: bool) -> tuple[Path, int]:
         if isinstance(self.config, HubRepo):
@@ -103,7 +113,7 @@ class CheckpointFile(_SingleFile):
         return self.declared_config()
 
     def resolve(self, previous: Lock | None, *, quiet: bool) -> Pinned:
-        config, stats = self.pin_config(previous, quiet=quiet)
+        config, stats = self.pin_config(self.path, previous, quiet=quiet)
         stat = stat_of(self.path)
         old = (previous.source.get("checkpoint") or {}) if previous and previous.kind == "file" else {}
         if previous is not None and previous.stat_cache.get(CHECKPOINT_KEY) == stat and old.get("sha256"):
@@ -154,13 +164,13 @@ class CheckpointUrl(_SingleFile):
         return {"source.url": self.url, **self.declared_config()}
 
     def resolve(self, previous: Lock | None, *, quiet: bool) -> Pinned:
-        config, stats = self.pin_config(previous, quiet=quiet)
         known = self.sha256
         if known is None and previous is not None and previous.source.get("url") == self.url:
             known = previous.source["checkpoint"]["sha256"]
         path, digest, size = hub.download_url(
             self.url, sha256=known, progress=not quiet, token_env=self.token_env
         )
+        config, stats = self.pin_config(path, previous, quiet=quiet)
         checkpoint = {"name": path.name, "size": size, "sha256": digest}
         record = {"kind": "url", "url": self.url, "checkpoint": checkpoint, "config": config.source}
         return Pinned(record, config.files, stats)

@@ -12,7 +12,7 @@ from artifact_format.vocab import MODEL_INDEX
 from packager.errors import FetchError
 from packager.source import hub
 from packager.source.inputs import Fetched, Files, Pinned, Stats, check_relpath
-from packager.source.select import select_files
+from packager.source.select import WeightsWanted, select_files
 
 if TYPE_CHECKING:
     from packager.source.lock import Lock
@@ -27,7 +27,7 @@ class HubRepo:
     revision: str
     variant: str | None
     drop: tuple[str, ...]
-    weights: bool = True
+    weights: WeightsWanted = True
     label: str = ""
     kind: str = "hub"
 
@@ -45,7 +45,7 @@ class HubRepo:
             "revision": self.revision,
             "commit": commit,
         }
-        if self.weights:
+        if self.weights is True:
             record["variant"] = self.variant
         return Pinned(record, files, {})
 
@@ -94,7 +94,13 @@ def read_model_index(path: Path, label: str) -> dict[str, Any]:
 
 
 def hub_files(
-    repo: str, commit: str, *, variant: str | None, drop: tuple[str, ...], quiet: bool, weights: bool = True
+    repo: str,
+    commit: str,
+    *,
+    variant: str | None,
+    drop: tuple[str, ...],
+    quiet: bool,
+    weights: WeightsWanted = True,
 ) -> Files:
     """Select the pipeline's files at `commit`; hash the plain-git ones after downloading them."""
     remote = hub.list_files(repo, commit)

@@ -13,7 +13,7 @@ from artifact_format.vocab import MODEL_INDEX
 from packager.errors import FetchError
 from packager.source.hub_repo import read_model_index
 from packager.source.inputs import Fetched, Files, Pinned, Stats, stat_of, verify_local_file
-from packager.source.select import select_files
+from packager.source.select import WeightsWanted, select_files
 
 if TYPE_CHECKING:
     from packager.source.lock import Lock
@@ -29,7 +29,7 @@ class LocalFolder:
 
     root: Path
     drop: tuple[str, ...]
-    weights: bool = True
+    weights: WeightsWanted = True
     kind: str = "path"
 
     def declared(self) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def folder_of(loaded: LoadedRecipe, value: str, field_name: str) -> Path:
     return root.resolve()
 
 
-def select_local(root: Path, drop: tuple[str, ...], *, weights: bool = True) -> tuple[str, ...]:
+def select_local(root: Path, drop: tuple[str, ...], *, weights: WeightsWanted = True) -> tuple[str, ...]:
     """The selection (packager.source.select) applied to a local diffusers folder."""
     listing = list_folder(root)
     if MODEL_INDEX not in listing:

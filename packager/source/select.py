@@ -23,7 +23,7 @@ Pure functions of a file list and model_index.json: the same selection runs on a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,10 @@ from packager.errors import FetchError
 # Files of a component that are not weights but are needed to load it.
 CONFIG_SUFFIXES = (".json", ".txt", ".model")
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+WeightsWanted = bool | Callable[[str, Any], bool]
+"""Whose weights to select: all (True), none (False), or the components a predicate of (component,
+its model_index.json entry) names (the config of a single-file checkpoint: what the file lacks)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,13 @@ def select_files(
     *,
     variant: str | None = None,
     drop: Iterable[str] = (),
-    weights: bool = True,
+    weights: WeightsWanted = True,
 ) -> Selection:
     """The files a diffusers pipeline needs out of `files` (repo-relative, `/`-separated).
 
-    `weights=False` selects configs and tokenizers only (the base config of a single-file
-    checkpoint). Raises FetchError when a named component has no folder, or no usable weights.
+    `weights=False` selects configs and tokenizers only; a predicate selects the weights of the
+    components it accepts (the config of a single-file checkpoint). Raises FetchError when a
+    named component has no folder, or no usable weights.
     """
     by_folder: dict[str, list[str]] = {}
     for path in files:
@@ -101,12 +106,18 @@ def select_files(
             )
         configs = [n for n in names if n.endswith(CONFIG_SUFFIXES) and not INDEX_RE.match(n)]
         selected += [f"{component}/{n}" for n in configs]
-        if weights:
+        if weights(component, model_index[component]) if callable(weights) else weights:
             chosen, note = _weights_of(component, names, variant)
             selected += chosen
             if note:
                 notes.append(note)
     return Selection(tuple(sorted(set(selected))), tuple(components), tuple(notes))
+
+
+def is_weight_file(rel: str) -> bool:
+    """A component's weight file or shard index (by the names diffusers and transformers write)."""
+    name = rel.rpartition("/")[2]
+    return bool(WEIGHTS_RE.match(name) or INDEX_RE.match(name))
 
 
 def _weights_of(component: str, names: list[str], variant: str | None) -> tuple[list[str], str | None]:
