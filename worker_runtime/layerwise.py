@@ -6,7 +6,8 @@ tensor at load time and hold the bf16 bytes (about twice the fp8 ones) for good.
 component is built on the meta device and handed the stored tensors as they are (`assign=True`: no
 copy, no cast), then diffusers' layerwise casting upcasts each layer's weights to the compute dtype
 just for its forward (`diffusers.hooks.apply_layerwise_casting`), skipping the modules the manifest
-names, which are already stored in the compute dtype. On a CPU the compute dtype is float32.
+names, which are already stored in the compute dtype (or in fp32, where the class keeps them so).
+On a CPU the compute dtype is float32.
 
 Components whose compute dtype differs from the pipeline's (a recipe's `precision_overrides`) are
 loaded in theirs through diffusers' per-component `dtype` mapping.
@@ -60,7 +61,10 @@ def load_layerwise(
     model.load_state_dict(state, strict=True, assign=True)
     storage = getattr(torch, precision.storage)
     for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.is_floating_point() and tensor.dtype not in (storage, compute):
+        # What is stored in fp32 is the class's keep-list (Wan's norms and time embedder): it stays
+        # fp32 as `from_pretrained` keeps it. The rest (norms, embeddings) is stored in the compute
+        # dtype of a GPU and widened on a CPU, which computes in fp32.
+        if tensor.is_floating_point() and tensor.dtype not in (storage, compute, torch.float32):
             tensor.data = tensor.data.to(compute)
     # A tuple, even empty: None would make diffusers cast the whole model as one module.
     apply_layerwise_casting(
