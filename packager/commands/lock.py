@@ -42,11 +42,14 @@ def lock(recipe_file: str, check: bool, as_json: bool) -> None:
     if as_json:
         emit({"lock": str(path), "status": status, "reasons": reasons, **current.to_json()}, True)
         return
+    from packager.pipeline.precision import precision_line
+
     headline = f"{path}: {status}" + (f" ({'; '.join(reasons)})" if reasons else "")
     summary = {
         "name": current.name,
         "source": source_line(current.source),
         "files": f"{len(current.files)} ({human_bytes(current.total_bytes)})",
+        "precision": (precision_line(loaded, current) or loaded.recipe.precision).removeprefix("precision: "),
         "fingerprint": current.fingerprint,
         "artifact": current.artifact_id,
     }

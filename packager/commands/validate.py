@@ -22,4 +22,17 @@ def validate(recipe_file: str, as_json: bool) -> None:
     import yaml
 
     click.echo(f"# {recipe_file}: valid")
+    from packager.errors import LockError
+    from packager.source.lock import read_lock
+
+    try:
+        lock = read_lock(loaded)
+    except LockError:
+        lock = None  # validate checks the recipe; `lock` names what is wrong with its lock
+    if lock is not None:
+        from packager.pipeline.precision import precision_line
+
+        line = precision_line(loaded, lock)
+        if line is not None:
+            click.echo(f"# {line} (for {loaded.lock_path.name})")
     click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())

@@ -99,6 +99,7 @@ class ComponentPrecision:
     patterns: tuple[tuple[str, str], ...] = ()  # recipe fnmatch overrides, first match wins
     name_rule: Any = None  # name → dtype | None for tensors the model does not declare
     skip_modules_pattern: tuple[str, ...] = ()
+    kept_fp32: tuple[str, ...] = ()  # the class's keep-list entries in force at `compute`
 
     def dtype_for(self, name: str, source: torch.dtype) -> torch.dtype:
         """The dtype `name` is stored in; non-floating tensors keep their own."""
@@ -147,7 +148,12 @@ class PrecisionPlan:
         head = f"precision: {self.requested}"
         if self.requested != self.resolved:
             head += f" → {self.resolved}"
-        return head + (f" ({', '.join(parts)})" if parts else "")
+        kept = [
+            f"{comp} ({cp.class_name}) keeps {', '.join(cp.kept_fp32)} in fp32"
+            for comp, cp in sorted(self.components.items())
+            if cp.kept_fp32
+        ]
+        return head + (f" ({'; '.join([', '.join(parts), *kept])})" if parts else "")
 
     def record(self) -> dict[str, mf.ComponentPrecision]:
         return {comp: cp.record() for comp, cp in sorted(self.components.items())}
@@ -326,9 +332,9 @@ def _diffusers_rules(
     skip: tuple[str, ...] = ()
     if storage == "fp8":
         exact, skip = _fp8_layers(cls, folder, keep, patterns, comp)
-    return ComponentPrecision(
-        comp, class_name, compute, storage, exact, patterns, name_rule if keep and reduced else None, skip
-    )
+    rule = name_rule if keep and reduced else None
+    kept = tuple(keep) if reduced else ()
+    return ComponentPrecision(comp, class_name, compute, storage, exact, patterns, rule, skip, kept)
 
 
 def _fp8_layers(
@@ -406,4 +412,5 @@ def _transformers_rules(
             return plan[by_group[str(found.lastgroup)]]
         return None
 
-    return ComponentPrecision(comp, class_name, compute, compute, exact, patterns, name_rule)
+    kept = tuple(sorted(p for p, d in plan.items() if d == torch.float32 and dtype != torch.float32))
+    return ComponentPrecision(comp, class_name, compute, compute, exact, patterns, name_rule, kept_fp32=kept)

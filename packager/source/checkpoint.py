@@ -95,6 +95,11 @@ class _SingleFile:
         locked = frozenset(rel.partition("/")[0] for rel in lock.files if is_weight_file(rel))
         return replace(self.config, weights=lambda comp, _spec: comp in locked).source_drift(lock)
 
+    def config_root(self, lock: Lock) -> Path | None:
+        if isinstance(self.config, HubRepo):
+            return self.config.cached_root(lock.source["config"])
+        return self.config.root
+
     def fetch_config(self, lock: Lock, *, quiet: bool) -> tuple[Path, int]:
         if isinstance(self.config, HubRepo):
             return self.config.fetch_files(lock.source["config"], lock.files, quiet=quiet)

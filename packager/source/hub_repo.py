@@ -75,6 +75,14 @@ class HubRepo:
         root, downloaded = self.fetch_files(lock.source, lock.files, quiet=quiet)
         return Fetched(root, sorted(lock.files), None, downloaded)
 
+    def config_root(self, lock: Lock) -> Path | None:
+        return self.cached_root(lock.source)
+
+    def cached_root(self, record: dict[str, Any]) -> Path | None:
+        """The HF cache's snapshot folder of the locked commit, if this machine has one."""
+        root = hub.storage_folder(str(record["repo"])) / "snapshots" / str(record["commit"])
+        return root if root.is_dir() else None
+
     def fetch_files(self, record: dict[str, Any], files: Files, *, quiet: bool) -> tuple[Path, int]:
         return fetch_hub(str(record["repo"]), str(record["commit"]), files, quiet=quiet)
 

@@ -73,6 +73,11 @@ class Input(Protocol):
         """Make the locked files present locally and check them against the lock."""
         ...
 
+    def config_root(self, lock: Lock) -> Path | None:
+        """Where the lock's config files already are on this machine (the HF cache's snapshot, the
+        folder itself), without any network; None when they were never downloaded here."""
+        ...
+
 
 def recorded(source: dict[str, Any]) -> dict[str, Any]:
     """The parts of a lock's source record that a recipe states, keyed like `Input.declared()`."""

@@ -90,6 +90,9 @@ class LocalFolder:
         self.verify(lock)
         return Fetched(self.root, sorted(lock.files), None, 0)
 
+    def config_root(self, lock: Lock) -> Path | None:
+        return self.root
+
     def verify(self, lock: Lock) -> None:
         for rel, entry in sorted(lock.files.items()):
             path = self.root / rel
