@@ -152,3 +152,7 @@ def test_a_full_sd_checkpoint_takes_from_its_config_repo_only_what_it_lacks(
     files = json.loads(recipe.with_suffix(".lock").read_text())["files"]
     assert [f for f in files if f.endswith((".safetensors", ".bin"))] == ["safety_checker/pytorch_model.bin"]
     assert "unet/config.json" in files
+    # What `auto` came to, from the config repo's files the lock just cached.
+    (row,) = [line.split(None, 1) for line in locked.stdout.splitlines() if line.startswith("precision")]
+    assert row[1].startswith("auto → fp16 ("), row
+    assert "unet=fp16" in row[1], row
