@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.rig.artifacts import make_artifact, tiny_source
-from tests.rig.served import counting_calls, served_in_process
+from tests.rig.served import Call, blank_pipelines, served_in_process
 from tests.rig.worker import REPO, decode_png
 from worker_runtime import jobs, requests
 
@@ -51,28 +49,13 @@ GOOD = {"prompt": "a red fox", "seed": 11}
 
 
 @contextmanager
-def blank_pipeline(served: jobs.Served) -> Iterator[list[str]]:
-    """Count the pipeline's calls and answer them with blank images of the asked size (no inference:
-    an accepted fuzz request would otherwise cost seconds)."""
-    cls = type(served.loaded.pipe)
-    original = cls.__call__
-
-    def blank(self: Any, **kwargs: Any) -> Any:
-        from PIL import Image
-
-        size = (kwargs.get("width", 64), kwargs.get("height", 64))
-        return SimpleNamespace(images=[Image.new("RGB", size)] * kwargs.get("num_images_per_prompt", 1))
-
-    cls.__call__ = functools.wraps(original)(blank)
-    try:
-        with counting_calls(cls) as calls:
-            yield calls
-    finally:
-        cls.__call__ = original
+def blank_pipeline(served: jobs.Served) -> Iterator[list[Call]]:
+    with blank_pipelines(type(served.loaded.pipe)) as calls:
+        yield calls
 
 
 @pytest.fixture
-def fake_pipeline(served: jobs.Served) -> Iterator[list[str]]:
+def fake_pipeline(served: jobs.Served) -> Iterator[list[Call]]:
     with blank_pipeline(served) as calls:
         yield calls
 
@@ -133,7 +116,7 @@ HOSTILE_DIFFUSERS_API: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("extra", "message"), HOSTILE)
 def test_hostile_values_are_refused_in_one_line_naming_the_field(
-    served: jobs.Served, fake_pipeline: list[str], extra: dict[str, Any], message: str
+    served: jobs.Served, fake_pipeline: list[Call], extra: dict[str, Any], message: str
 ) -> None:
     out = jobs.answer(served, {"id": "x", "input": {"prompt": "a fox", **extra}})
     assert set(out) == {"error"}, out
@@ -144,7 +127,7 @@ def test_hostile_values_are_refused_in_one_line_naming_the_field(
 
 @pytest.mark.parametrize(("extra", "message"), HOSTILE_DIFFUSERS_API)
 def test_hostile_diffusers_api_values_are_refused_in_one_line(
-    served: jobs.Served, fake_pipeline: list[str], extra: dict[str, Any], message: str
+    served: jobs.Served, fake_pipeline: list[Call], extra: dict[str, Any], message: str
 ) -> None:
     body = {**extra, "modelInputs": {"prompt": "a fox", **extra.get("modelInputs", {})}}
     out = jobs.answer(served, {"id": "x", "input": body})
@@ -165,7 +148,7 @@ def test_a_failing_pipeline_is_one_line_without_server_paths(
 
 
 def test_worker_errors_picks_failed_or_completed_with_error_for_diffusers_api_clients(
-    served: jobs.Served, fake_pipeline: list[str]
+    served: jobs.Served, fake_pipeline: list[Call]
 ) -> None:
     """Through the SDK's own job runner: what RunPod reports for each style and request shape."""
     from runpod.serverless.modules.rp_job import run_job

@@ -89,6 +89,24 @@ def test_runsync_returns_a_png_of_the_requested_size(served: tuple[Worker, dict[
     assert out["$meta"]["scheduler"] == "PNDMScheduler"
 
 
+def test_an_answer_goes_back_in_as_init_image_and_mask_in_both_shapes(
+    served: tuple[Worker, dict[str, Any]],
+) -> None:
+    worker, first = served
+    init = first["image_base64"]
+    out = completed(worker.runsync({"prompt": "a red fox, oil", "init_image": init, "strength": 0.5}))
+    assert decode_png(out["image_base64"]).size == (64, 64)
+    assert out["$meta"]["pipeline"] == "StableDiffusionImg2ImgPipeline"
+    request = {
+        "modelInputs": {"prompt": "a red fox", "image": init, "mask_image": init, "seed": 2},
+        "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline", "SCHEDULER": "DDIMScheduler"},
+    }
+    out = completed(worker.runsync(request))
+    assert decode_png(out["image_base64"]).size == (64, 64)
+    assert out["$meta"]["pipeline"] == "StableDiffusionInpaintPipeline"
+    assert out["$meta"]["scheduler"] == "DDIMScheduler"
+
+
 def test_defaults_come_from_worker_config_and_init_is_timed_once(
     served: tuple[Worker, dict[str, Any]], tiny_artifact: tuple[Path, str]
 ) -> None:

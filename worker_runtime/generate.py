@@ -84,11 +84,23 @@ def call_kwargs(gen: Generation, call: CallSpec) -> dict[str, Any]:
         param = call.param(field)
         if value is not None and param is not None:
             kwargs[param] = value
+    # Image-to-image and inpainting: the parameters share the request fields' names.
+    for param, value in (
+        ("image", gen.init_image),
+        ("mask_image", gen.mask_image),
+        ("strength", gen.strength),
+    ):
+        if value is not None:
+            kwargs[param] = value
     return {k: v for k, v in kwargs.items() if k in call.params}
 
 
-def run(loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any, call: CallSpec) -> Result:
-    pipe = loaded.pipe
+def run(
+    loaded: Loaded, gen: Generation, schedulers: Schedulers, torch: Any, call: CallSpec, pipe: Any = None
+) -> Result:
+    """Run `gen` on `pipe` (the loaded pipeline unless given: its image-to-image or inpainting
+    sibling, which shares its modules), with the request's scheduler set on that pipeline."""
+    pipe = loaded.pipe if pipe is None else pipe
     seed = gen.seed if gen.seed is not None else secrets.randbits(32)
     # A CPU generator gives the same latents for a seed on every device (CUDA's RNG differs).
     generator = torch.Generator("cpu").manual_seed(seed)

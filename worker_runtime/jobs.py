@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact_format import manifest as mf
-from worker_runtime import encode, generate, requests
+from worker_runtime import encode, generate, requests, tasks
 from worker_runtime.config import Settings
 from worker_runtime.errors import RequestError
 from worker_runtime.family import CallSpec
@@ -41,6 +41,7 @@ class Served:
     loaded: Loaded
     serving: requests.Serving
     schedulers: generate.Schedulers
+    variants: tasks.Variants
     torch: Any
     meta: dict[str, Any]
     ready_s: float  # process start → ready, reported as `init` on the first job
@@ -61,6 +62,7 @@ def serve(
 ) -> Served:
     """Everything a job needs, from what the worker loaded and read at start."""
     schedulers = generate.Schedulers(loaded.pipe)
+    variants = tasks.Variants(loaded.pipe, call)
     serving = requests.Serving(
         call=call,
         limits=settings.worker.limits,
@@ -71,6 +73,7 @@ def serve(
         has_safety_checker=getattr(loaded.pipe, "safety_checker", None) is not None,
         can_upload=settings.bucket_configured,
         schedulers=schedulers.names,
+        variants=variants.spec,
     )
     meta = {
         "model": manifest.name,
@@ -83,6 +86,7 @@ def serve(
         loaded,
         serving,
         schedulers,
+        variants,
         torch,
         meta,
         ready_s,
@@ -127,7 +131,9 @@ def _failure(served: Served, diffusers_api: bool, code: str, message: str) -> di
 
 def _run(served: Served, job: dict[str, Any], raw: Any) -> dict[str, Any]:
     gen = requests.parse(raw, served.serving)
-    result = generate.run(served.loaded, gen, served.schedulers, served.torch, served.serving.call)
+    call = served.variants.spec(gen.task) or served.serving.call
+    pipe = served.variants.pipe(gen.task)
+    result = generate.run(served.loaded, gen, served.schedulers, served.torch, call, pipe)
     pngs = [encode.png_bytes(image) for image in result.images]
     mp4s = [encode.mp4_bytes(frames, result.fps or 1) for frames in result.videos or ()]
     job_id = str(job.get("id") or "job")
@@ -145,7 +151,7 @@ def _run(served: Served, job: dict[str, Any], raw: Any) -> dict[str, Any]:
     if result.nsfw is not None:
         out["nsfw_content_detected"] = result.nsfw
     out["$timings"] = timings
-    out["$meta"] = {**served.meta, "scheduler": result.scheduler}
+    out["$meta"] = {**served.meta, "pipeline": type(pipe).__name__, "scheduler": result.scheduler}
     if gen.request_id is not None:
         out["$meta"]["startRequestId"] = gen.request_id
     if served.save_dir is not None:

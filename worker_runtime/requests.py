@@ -3,18 +3,23 @@
 RunPod-native input (flat):
     {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "true_cfg_scale",
      "width", "height", "seed", "num_images", "max_sequence_length", "num_frames", "fps",
-     "scheduler", "output"}
+     "scheduler", "output", "init_image", "mask_image", "strength"}
 
 docker-diffusers-api input, so its users can move without changing clients:
     {"modelInputs": {prompt, negative_prompt, num_inference_steps, guidance_scale, true_cfg_scale,
                      width, height, seed, num_images_per_prompt, max_sequence_length, num_frames,
-                     fps},
+                     fps, image, mask_image, strength},
      "callInputs": {MODEL_ID, PIPELINE, SCHEDULER, MODEL_PRECISION, safety_checker,
                     startRequestId, xformers_memory_efficient_attention, output}}
-MODEL_ID, PIPELINE and MODEL_PRECISION must name what this worker serves (one artifact per
-endpoint: there is nothing to switch to). xformers_memory_efficient_attention is accepted and has
-no effect (PyTorch's own attention kernels are used). Image inputs (init_image, mask_image),
-training and status callbacks (SEND_URL) are not part of this worker and are refused by name.
+MODEL_ID and MODEL_PRECISION must name what this worker serves (one artifact per endpoint: there is
+nothing to switch to); PIPELINE names the loaded pipeline or its image-to-image / inpainting sibling
+(tasks.py), by class or AutoPipeline name. xformers_memory_efficient_attention is accepted and has
+no effect (PyTorch's own attention kernels are used). Training and status callbacks (SEND_URL) are
+not part of this worker and are refused by name.
+
+An init image makes the request image-to-image, a mask image with it inpainting (or PIPELINE says
+which): the output has the init image's size floored to the model's multiple, and `strength` x
+`num_inference_steps` must make at least one denoising step.
 
 Which of these fields a request may carry, and their defaults, depend on the loaded pipeline
 (family.py): a field it cannot take is refused in one line naming the field and the pipeline.
@@ -29,14 +34,11 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from worker_runtime import fields, images, tasks
 from worker_runtime.config import Limits
-from worker_runtime.errors import RequestError
+from worker_runtime.errors import RequestError, kind_of, short
 from worker_runtime.family import TRUE_CFG_WITH_NEGATIVE, CallSpec
 
-# CLIP reads 77 tokens; this only bounds the memory and log lines a hostile prompt can cost.
-MAX_PROMPT_CHARS = 10_000
-# Below this the UNet's downsampling leaves nothing to work on.
-MIN_SIDE = 64
 MAX_SEED = 2**63 - 1
 # The T5 pipelines refuse more (FLUX.1 and SD3 cap at 512); a bound on what a prompt costs.
 MAX_SEQUENCE_LENGTH = 512
@@ -60,6 +62,9 @@ RUNPOD_FIELDS = (
     "fps",
     "scheduler",
     "output",
+    "init_image",
+    "mask_image",
+    "strength",
 )
 MODEL_INPUTS = (
     "prompt",
@@ -74,6 +79,9 @@ MODEL_INPUTS = (
     "max_sequence_length",
     "num_frames",
     "fps",
+    "image",
+    "mask_image",
+    "strength",
 )
 # Fields only some pipelines take (checked against the pipeline's `__call__`).
 PIPELINE_FIELDS = ("negative_prompt", "true_cfg_scale", "max_sequence_length", "num_frames", "fps")
@@ -109,6 +117,10 @@ class Generation:
     max_sequence_length: int | None = None
     num_frames: int | None = None  # video pipelines only
     fps: int | None = None  # video pipelines only: the MP4's rate (and LTX's `frame_rate`)
+    task: str = tasks.TEXT2IMG
+    init_image: Any = None  # PIL RGB, already at (width, height)
+    mask_image: Any = None  # PIL L, already at (width, height)
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,51 +137,49 @@ class Serving:
     can_upload: bool
     # Names of the schedulers the pipeline can switch to; computed on first use (imports them).
     schedulers: Callable[[], Collection[str]] = field(default=lambda: ())
+    # What the image-to-image / inpainting pipeline takes (None: the family has none); builds it.
+    variants: Callable[[str], CallSpec | None] = field(default=lambda task: None)
 
 
 def parse(raw: Any, serving: Serving) -> Generation:
     """Check a job's `input` and fill in defaults. Raises RequestError naming the bad field."""
     if not isinstance(raw, Mapping):
-        raise RequestError(f"input: must be a JSON object (got {_kind(raw)})")
+        raise RequestError(f"input: must be a JSON object (got {kind_of(raw)})")
     if "modelInputs" in raw or "callInputs" in raw:
         return _parse_diffusers_api(raw, serving)
-    _only(raw, RUNPOD_FIELDS, "")
-    return _build(raw, serving, prefix="", num_images_key="num_images")
+    fields.only(raw, RUNPOD_FIELDS, "")
+    return _build(raw, serving, prefix="", num_images_key="num_images", image_key="init_image")
 
 
 def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation:
-    _only(raw, ("modelInputs", "callInputs"), "")
+    fields.only(raw, ("modelInputs", "callInputs"), "")
     model_inputs = raw.get("modelInputs")
     call_inputs = raw.get("callInputs", {})
     if not isinstance(model_inputs, Mapping):
-        raise RequestError(f"modelInputs: must be a JSON object (got {_kind(model_inputs)})")
+        raise RequestError(f"modelInputs: must be a JSON object (got {kind_of(model_inputs)})")
     if call_inputs is None:
         call_inputs = {}
     if not isinstance(call_inputs, Mapping):
-        raise RequestError(f"callInputs: must be a JSON object (got {_kind(call_inputs)})")
-    _only(model_inputs, MODEL_INPUTS, "modelInputs.")
-    _only(call_inputs, CALL_INPUTS, "callInputs.")
+        raise RequestError(f"callInputs: must be a JSON object (got {kind_of(call_inputs)})")
+    fields.only(model_inputs, MODEL_INPUTS, "modelInputs.")
+    fields.only(call_inputs, CALL_INPUTS, "callInputs.")
 
-    model_id = _optional(call_inputs, "MODEL_ID", str, "callInputs.")
+    model_id = fields.optional(call_inputs, "MODEL_ID", str, "callInputs.")
     if model_id and model_id not in serving.model_ids:
         served = ", ".join(sorted(serving.model_ids))
         raise RequestError(
-            f"callInputs.MODEL_ID: {_short(model_id)} is not served here (this worker serves {served})"
+            f"callInputs.MODEL_ID: {short(model_id)} is not served here (this worker serves {served})"
         )
-    pipeline = _optional(call_inputs, "PIPELINE", str, "callInputs.")
-    if pipeline and pipeline != serving.pipeline:
-        raise RequestError(
-            f"callInputs.PIPELINE: {_short(pipeline)} is not available (this worker runs {serving.pipeline})"
-        )
-    precision = _optional(call_inputs, "MODEL_PRECISION", str, "callInputs.")
+    task = _pipeline_task(fields.optional(call_inputs, "PIPELINE", str, "callInputs."), serving)
+    precision = fields.optional(call_inputs, "MODEL_PRECISION", str, "callInputs.")
     if precision and precision != serving.precision:
         raise RequestError(
-            f"callInputs.MODEL_PRECISION: {_short(precision)} is not available "
+            f"callInputs.MODEL_PRECISION: {short(precision)} is not available "
             f"(this artifact is {serving.precision})"
         )
-    _optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
-    request_id = _optional(call_inputs, "startRequestId", str, "callInputs.")
-    safety = _optional(call_inputs, "safety_checker", bool, "callInputs.")
+    fields.optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
+    request_id = fields.optional(call_inputs, "startRequestId", str, "callInputs.")
+    safety = fields.optional(call_inputs, "safety_checker", bool, "callInputs.")
     if safety and not serving.has_safety_checker:
         raise RequestError(
             "callInputs.safety_checker: this artifact was packaged without a safety checker "
@@ -184,6 +194,8 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
         serving,
         prefix="modelInputs.",
         num_images_key="num_images_per_prompt",
+        image_key="image",
+        task=task,
         scheduler_field="callInputs.SCHEDULER",
         output_field="callInputs.output",
     )
@@ -197,10 +209,13 @@ def _build(
     *,
     prefix: str,
     num_images_key: str,
+    image_key: str,
+    task: str | None = None,
     scheduler_field: str = "scheduler",
     output_field: str = "output",
 ) -> Generation:
-    call, lim = serving.call, serving.limits
+    task, call = images.task_of(values, prefix, image_key, task, serving.call, serving.variants)
+    lim = serving.limits
     d = call.defaults
     for key in PIPELINE_FIELDS:
         if values.get(key) is not None and not call.takes(key):
@@ -208,40 +223,36 @@ def _build(
     prompt = values.get("prompt")
     if prompt is None:
         raise RequestError(f"{prefix}prompt: required")
-    prompt = _str(prompt, f"{prefix}prompt")
+    prompt = fields.string(prompt, f"{prefix}prompt")
     if not prompt.strip():
         raise RequestError(f"{prefix}prompt: must not be empty")
     negative = values.get("negative_prompt")
-    negative = d["negative_prompt"] if negative is None else _str(negative, f"{prefix}negative_prompt")
+    negative = (
+        d["negative_prompt"] if negative is None else fields.string(negative, f"{prefix}negative_prompt")
+    )
     true_cfg = _true_cfg(values, call, negative, lim.max_guidance, prefix)
-    steps = _int(values, "num_inference_steps", d["num_inference_steps"], 1, lim.max_steps, prefix)
-    guidance = _number(values, "guidance_scale", d["guidance_scale"], 0.0, lim.max_guidance, prefix)
-    multiple = call.size_multiple
-    width = _side(
-        values, "width", d["width"] or serving.default_size[0], lim.max_width, multiple, call, prefix
-    )
-    height = _side(
-        values, "height", d["height"] or serving.default_size[1], lim.max_height, multiple, call, prefix
-    )
-    if width * height > lim.max_pixels:
-        raise RequestError(
-            f"{prefix}width x {prefix}height: {width}x{height} = {width * height} pixels is over the "
-            f"limit of {lim.max_pixels}"
-        )
-    num_images = _int(values, num_images_key, d["num_images"] or 1, 1, lim.max_images, prefix)
+    steps = fields.whole(values, "num_inference_steps", d["num_inference_steps"], 1, lim.max_steps, prefix)
+    guidance = fields.number(values, "guidance_scale", d["guidance_scale"], 0.0, lim.max_guidance, prefix)
+    pictures = None
+    if task == tasks.TEXT2IMG:
+        width, height = _size(values, serving, call, prefix)
+    else:
+        pictures = images.pictures(values, serving.limits, call, prefix, image_key, task, steps)
+        width, height = pictures.size
+    num_images = fields.whole(values, num_images_key, d["num_images"] or 1, 1, lim.max_images, prefix)
     max_seq = None
     if call.takes("max_sequence_length"):
-        max_seq = _int(
+        max_seq = fields.whole(
             values, "max_sequence_length", d["max_sequence_length"], 1, MAX_SEQUENCE_LENGTH, prefix
         )
     frames, fps = _video(values, call, lim, width * height, prefix)
     seed = values.get("seed")
     if seed is not None:
-        seed = _int(values, "seed", 0, 0, MAX_SEED, prefix)
+        seed = fields.whole(values, "seed", 0, 0, MAX_SEED, prefix)
     scheduler = _scheduler(values.get("scheduler"), serving, scheduler_field)
     output = values.get("output", "base64")
     if output not in OUTPUTS:
-        raise RequestError(f"{output_field}: must be one of {', '.join(OUTPUTS)} (got {_short(output)})")
+        raise RequestError(f"{output_field}: must be one of {', '.join(OUTPUTS)} (got {short(output)})")
     if output == "s3" and not serving.can_upload:
         raise RequestError(
             f"{output_field}: 's3' needs BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and "
@@ -263,7 +274,47 @@ def _build(
         max_sequence_length=max_seq,
         num_frames=frames,
         fps=fps,
+        task=task,
+        init_image=pictures.init if pictures else None,
+        mask_image=pictures.mask if pictures else None,
+        strength=pictures.strength if pictures else None,
     )
+
+
+def _pipeline_task(name: str | None, serving: Serving) -> str | None:
+    """callInputs.PIPELINE → the task it names (None: inferred from the images sent)."""
+    if not name:
+        return None
+    if name == serving.pipeline:
+        return tasks.TEXT2IMG
+    if name in tasks.AUTO_PIPELINES:
+        return tasks.AUTO_PIPELINES[name]
+    available = [serving.pipeline]
+    for task in (tasks.IMG2IMG, tasks.INPAINT):
+        spec = serving.variants(task)
+        if spec is not None and spec.pipeline == name:
+            return task
+        available += [spec.pipeline] if spec is not None else []
+    raise RequestError(
+        f"callInputs.PIPELINE: {short(name)} is not available (this worker runs {', '.join(available)}, "
+        f"or {', '.join(tasks.AUTO_PIPELINES)})"
+    )
+
+
+def _size(values: Mapping[str, Any], serving: Serving, call: CallSpec, prefix: str) -> tuple[int, int]:
+    lim, d, multiple = serving.limits, call.defaults, call.size_multiple
+    width = fields.side(
+        values, "width", d["width"] or serving.default_size[0], lim.max_width, multiple, call, prefix
+    )
+    height = fields.side(
+        values, "height", d["height"] or serving.default_size[1], lim.max_height, multiple, call, prefix
+    )
+    if width * height > lim.max_pixels:
+        raise RequestError(
+            f"{prefix}width x {prefix}height: {width}x{height} = {width * height} pixels is over the "
+            f"limit of {lim.max_pixels}"
+        )
+    return width, height
 
 
 def _true_cfg(
@@ -272,7 +323,9 @@ def _true_cfg(
     """FLUX.1 runs a negative prompt only as true CFG: on at 4.0 unless the request or recipe says."""
     if not call.takes("true_cfg_scale"):
         return None
-    scale: float | None = _number(values, "true_cfg_scale", call.defaults["true_cfg_scale"], 0.0, hi, prefix)
+    scale: float | None = fields.number(
+        values, "true_cfg_scale", call.defaults["true_cfg_scale"], 0.0, hi, prefix
+    )
     if not negative:
         return scale
     if scale is None:
@@ -292,7 +345,7 @@ def _video(
     if call.video is None:
         return None, None
     step = call.video.frame_step
-    frames = _int(values, "num_frames", call.defaults["num_frames"], 1, lim.max_frames, prefix)
+    frames = fields.whole(values, "num_frames", call.defaults["num_frames"], 1, lim.max_frames, prefix)
     if (frames - 1) % step:
         raise RequestError(
             f"{prefix}num_frames: {call.pipeline} makes {step}k+1 frames (1, {step + 1}, {2 * step + 1}, …; "
@@ -303,97 +356,19 @@ def _video(
             f"{prefix}num_frames: {frames} frames x {pixels} pixels = {frames * pixels} is over the "
             f"limit of {lim.max_video_pixels}"
         )
-    fps = _int(values, "fps", call.defaults["fps"], 1, MAX_FPS, prefix)
+    fps = fields.whole(values, "fps", call.defaults["fps"], 1, MAX_FPS, prefix)
     return frames, fps
 
 
 def _scheduler(value: Any, serving: Serving, where: str) -> str | None:
     if value is None or value == "":
         return None
-    name = _str(value, where)
+    name = fields.string(value, where)
     name = SCHEDULER_ALIASES.get(name, name)
     available = serving.schedulers()
     if name not in available:
         raise RequestError(
-            f"{where}: {_short(value)} is not compatible with {serving.pipeline} (one of: "
+            f"{where}: {short(value)} is not compatible with {serving.pipeline} (one of: "
             f"{', '.join(sorted(available))})"
         )
     return name
-
-
-def _only(raw: Mapping[str, Any], known: Collection[str], prefix: str) -> None:
-    for key in raw:
-        if key not in known:
-            where = f"{prefix}{key}" if isinstance(key, str) and len(key) <= 40 else f"{prefix}{_short(key)}"
-            raise RequestError(f"{where}: unknown field (known: {', '.join(known)})")
-
-
-def _optional(raw: Mapping[str, Any], key: str, kind: type, prefix: str) -> Any:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, kind):
-        raise RequestError(f"{prefix}{key}: must be a {_KINDS.get(kind, kind.__name__)} (got {_kind(value)})")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise RequestError(f"{where}: must be a string (got {_kind(value)})")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise RequestError(f"{where}: {len(value)} characters is over the limit of {MAX_PROMPT_CHARS}")
-    return value
-
-
-def _int(values: Mapping[str, Any], key: str, default: int, lo: int, hi: int, prefix: str) -> int:
-    value = values.get(key)
-    if value is None:
-        return default
-    # JSON clients often send 30.0 for 30; accept whole floats, refuse 30.5 and true.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{prefix}{key}: must be a whole number (got {_short(value)})")
-    if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo} and {hi} (got {_short(value)})")
-    return value
-
-
-def _number(values: Mapping[str, Any], key: str, default: Any, lo: float, hi: float, prefix: str) -> Any:
-    value = values.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise RequestError(f"{prefix}{key}: must be a number (got {_short(value)})")
-    # Compared before any conversion: Python compares a 400-digit int with a float exactly, where
-    # float() of it would raise; infinities fail the bounds.
-    if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo:g} and {hi:g} (got {_short(value)})")
-    return float(value)
-
-
-def _side(
-    values: Mapping[str, Any], key: str, default: int, hi: int, multiple: int, call: CallSpec, prefix: str
-) -> int:
-    side = _int(values, key, default, MIN_SIDE, max(hi, MIN_SIDE), prefix)
-    if side % multiple:
-        raise RequestError(
-            f"{prefix}{key}: must be a multiple of {multiple} (got {side}) for {call.pipeline}"
-        )
-    return side
-
-
-_KINDS: dict[type, str] = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-
-
-def _kind(value: Any) -> str:
-    return _KINDS.get(type(value), type(value).__name__)
-
-
-def _short(value: Any) -> str:
-    """A bounded echo of a client's value: never its whole text, never an error of its own."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        # repr() of a long enough int raises (Python's int-to-str digit limit) and is unreadable.
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    if isinstance(value, (dict, list)):
-        return f"{_kind(value)} of {len(value)} item(s)"
-    text = repr(value[:41] if isinstance(value, str) else value)
-    return text if len(text) <= 40 else text[:37] + "..."
