@@ -93,7 +93,7 @@ def test_an_answer_goes_back_in_as_init_image_and_mask_in_both_shapes(
     served: tuple[Worker, dict[str, Any]],
 ) -> None:
     worker, first = served
-    init = first["image_base64"]
+    init = completed(first)["image_base64"]
     out = completed(worker.runsync({"prompt": "a red fox, oil", "init_image": init, "strength": 0.5}))
     assert decode_png(out["image_base64"]).size == (64, 64)
     assert out["$meta"]["pipeline"] == "StableDiffusionImg2ImgPipeline"
