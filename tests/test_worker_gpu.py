@@ -48,6 +48,12 @@ def test_the_worker_serves_from_the_gpu(
         assert decode_png(out["image_base64"]).size == (128, 64)
         again = worker.runsync(ask)["output"]
         assert again["image_base64"] == out["image_base64"]
+        # Image-to-image and inpainting from the same weights on the GPU, at the init image's size.
+        init = out["image_base64"]
+        for extra in ({"init_image": init, "strength": 0.5}, {"init_image": init, "mask_image": init}):
+            job = worker.runsync({"prompt": "a lighthouse", "num_inference_steps": 2, "seed": 5, **extra})
+            assert job["status"] == "COMPLETED", job
+            assert decode_png(job["output"]["image_base64"]).size == (128, 64)
     finally:
         worker.stop()
     assert f"cuda {precision}" in Path(worker.log_path).read_text()

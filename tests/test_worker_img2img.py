@@ -223,3 +223,24 @@ def test_a_family_without_img2img_answers_one_line(tmp_path_factory: pytest.Temp
             out = jobs.answer(served, {"id": "j", "input": body})
         assert out == {"error": message}
         assert calls == []
+
+
+def test_flux_builds_its_own_img2img_and_inpainting_and_floors_to_16(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder = family_artifact("flux-dev", tmp_path_factory.mktemp("flux") / "flux-dev")[0]
+    served = served_in_process(folder, {"defaults": {"num_inference_steps": 2, "width": 64, "height": 64}})
+    img2img, inpaint = served.variants.spec(tasks.IMG2IMG), served.variants.spec(tasks.INPAINT)
+    assert img2img is not None
+    assert inpaint is not None
+    assert (img2img.pipeline, inpaint.pipeline) == ("FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    assert img2img.defaults["strength"] == inpaint.defaults["strength"] == 0.6  # their __call__'s
+    with blank_pipelines(*variant_classes(served)) as calls:
+        out = jobs.answer(served, {"id": "j", "input": {"prompt": "a fox", "init_image": encoded((100, 70))}})
+        assert decode_png(out["image_base64"]).size == (96, 64)
+        body = {"prompt": "a fox", "init_image": encoded((100, 70)), "mask_image": encoded((100, 70), "L")}
+        jobs.answer(served, {"id": "j", "input": body})
+    assert [(c.pipeline, c.kwargs["width"], c.kwargs["height"], c.kwargs["image"].size) for c in calls] == [
+        ("FluxImg2ImgPipeline", 96, 64, (96, 64)),
+        ("FluxInpaintPipeline", 96, 64, (96, 64)),
+    ]
