@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from packager.convert.files import (
     write_bytes,
 )
 from packager.convert.jobs import ComponentWeights, WeightsJob, run_jobs
+from packager.convert.lora import LoraSpec, plan_fusion
 from packager.convert.model_index import PipelinePlan, plan_pipeline, scheduler_override
 from packager.convert.precision import PrecisionPlan, plan_precision
 from packager.convert.settings import ConvertSettings
@@ -70,6 +71,7 @@ def convert(
     workers: int = 2,
     progress: bool = False,
     notify: Callable[[str], None] | None = None,
+    loras: Sequence[LoraSpec] = (),
 ) -> mf.Manifest:
     """Convert the selected source files into an artifact at `out_dir` and return its manifest.
 
@@ -87,13 +89,15 @@ def convert(
         progress: show a progress bar on stderr.
         notify: receives one line a message for the user: what each component is stored in,
             and a warning for each explicit fp16 on a component known to overflow in it.
+        loras: fused into the weights they name, in order, as each weight is written (lora.py);
+            recorded as the manifest's `fused_loras`.
 
     Returns:
         The manifest written last into `out_dir` (its `artifact_id` names the artifact).
 
     Raises:
         ConvertError: unsafe or unreadable checkpoint, fp16 overflow (policy "fail"), unknown layout
-            or override, a path escaping the output.
+            or override, a path escaping the output, a LoRA that does not fit the pipeline.
         VerifyError: a written tensor does not match the source cast.
         DiskSpaceError: the disk filled up while writing.
     """
@@ -130,8 +134,18 @@ def convert(
     # The pool below is the parallelism; torch's own intra-op threads would only fight it.
     torch.set_num_threads(1)
     try:
-        entries, kept = _write_artifact(
-            src_root, rels, tmp, index, plan, settings, precision, verify, checkpoint, workers, progress
+        entries, kept, fused = _write_artifact(
+            src_root,
+            rels,
+            tmp,
+            index,
+            plan,
+            settings,
+            precision,
+            verify,
+            checkpoint,
+            (workers, progress),
+            list(loras),
         )
         manifest = mf.Manifest(
             name=name,
@@ -142,6 +156,7 @@ def convert(
             scheduler=plan.scheduler_record,
             dropped=tuple(sorted(settings.drop)),
             components=precision.record(),
+            fused_loras=fused,
             packing={
                 "converter": CONVERTER_VERSION,
                 "precision": settings.precision,
@@ -174,9 +189,10 @@ def _write_artifact(
     precision: PrecisionPlan,
     verify: bool,
     checkpoint: Path | None,
-    workers: int,
-    progress: bool,
-) -> tuple[list[mf.FileEntry], dict[str, set[str]]]:
+    run: tuple[int, bool],
+    loras: list[LoraSpec],
+) -> tuple[list[mf.FileEntry], dict[str, set[str]], tuple[mf.FusedLora, ...]]:
+    """Write the configs and every component's weights into `tmp`; `run` is (workers, progress)."""
     dropped = set(settings.drop)
     kept_rels = [r for r in rels if r.split("/")[0] not in dropped]
     groups, plain = classify(kept_rels)
@@ -184,13 +200,18 @@ def _write_artifact(
     try:
         _open_components(src_root, groups, index, precision, checkpoint, dropped, components)
         _require_weights(index, dropped, plain, components, checkpoint)
+        fused: tuple[mf.FusedLora, ...] = ()
+        if loras:
+            transforms, fused = plan_fusion(loras, components, plan.pipeline, index, src_root)
+            for weights in components:
+                weights.transform = transforms.get(weights.folder)
         entries = _write_plain(src_root, plain, tmp, plan, settings)
         jobs: list[WeightsJob] = []
         for weights in components:
             jobs += _shard_jobs(weights, tmp, settings, entries)
-        entries += run_jobs(jobs, tmp, settings, verify, workers, progress)
+        entries += run_jobs(jobs, tmp, settings, verify, *run)
         kept = {c.folder: c.kept_fp32 for c in components if c.kept_fp32}
-        return entries, kept
+        return entries, kept, fused
     finally:
         for weights in components:
             weights.tensors.close()

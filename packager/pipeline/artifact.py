@@ -80,21 +80,30 @@ def convert_to(
 
 def source_info(lock: Lock) -> dict[str, Any]:
     """What the manifest says about the source: portable (no local paths), so ids match anywhere."""
-    info = {k: v for k, v in lock.source.items() if k not in ("path", "file") and v is not None}
+    # The LoRAs are recorded as the manifest's `fused_loras`, each with its own source.
+    info = {k: v for k, v in lock.source.items() if k not in ("path", "file", "loras") and v is not None}
     if lock.source.get("kind") in ("path", "file", "url") or not lock.source.get("commit"):
         files = {p: e["sha256"] for p, e in sorted(lock.files.items())}
         info["files_sha256"] = hashlib.sha256(mf.canonical_json(files)).hexdigest()
     return info
 
 
+def _portable(record: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA's lock record as the manifest keeps it: where it came from, not its scale (recorded
+    beside it) nor anything of this machine's."""
+    return {k: v for k, v in record.items() if k not in ("scale", "path") and v is not None}
+
+
 def _convert(
     loaded: LoadedRecipe, lock: Lock, *, out_dir: Path | None, quiet: bool, verify: bool
 ) -> Artifact:
     from packager.convert.converter import convert
+    from packager.convert.lora import LoraSpec
     from packager.convert.settings import ConvertSettings
     from packager.convert.shards import parse_size
     from packager.source.fetch import fetch
     from packager.source.lock import record_artifact_id
+    from packager.source.lora_inputs import fetch_loras
 
     recipe = loaded.recipe
     source_bytes = sum(int(e["size"]) for e in lock.files.values())
@@ -103,6 +112,7 @@ def _convert(
     # fp32 → fp16 halves the bytes, but an fp16 source copied as-is (or fp32 kept) does not.
     require_free(target_root, source_bytes, "convert")
     fetched = fetch(loaded, lock, quiet=quiet)
+    loras, _ = fetch_loras(loaded, lock, quiet=quiet)
     settings = ConvertSettings(
         precision=recipe.precision,
         fp16_overflow=recipe.fp16_overflow,
@@ -126,6 +136,7 @@ def _convert(
         checkpoint=fetched.checkpoint,
         progress=not quiet,
         notify=None if quiet else note,
+        loras=[LoraSpec(lora.path, lora.sha256, lora.scale, _portable(lora.record)) for lora in loras],
     )
     artifact_id = manifest.artifact_id
     record_artifact_id(loaded, lock, artifact_id)

@@ -20,7 +20,7 @@ from packager.source.checkpoint_parts import checkpoint_parts
 from packager.source.hub_repo import HubRepo
 from packager.source.inputs import Fetched, Pinned, Stats, stat_of, verify_local_file
 from packager.source.local_folder import LocalFolder
-from packager.source.recipe import HUB_REPO_RE
+from packager.source.recipe_sections import HUB_REPO_RE
 from packager.source.select import is_weight_file
 
 if TYPE_CHECKING:
@@ -191,14 +191,7 @@ class CheckpointUrl(_SingleFile):
 
     def fetch(self, lock: Lock, *, quiet: bool) -> Fetched:
         root, downloaded = self.fetch_config(lock, quiet=quiet)
-        locked: dict[str, Any] = lock.source["checkpoint"]
-        cached = hub.downloads_dir() / str(locked["sha256"]) / str(locked["name"])
-        was_cached = cached.is_file()
-        checkpoint, _, size = hub.download_url(
-            self.url, sha256=str(locked["sha256"]), progress=not quiet, token_env=self.token_env
+        checkpoint, now = hub.fetch_locked_url(
+            self.url, lock.source["checkpoint"], progress=not quiet, token_env=self.token_env
         )
-        if size != locked["size"]:
-            raise FetchError(f"{self.url}: {size} bytes, the lock says {locked['size']}")
-        if not was_cached:
-            downloaded += size
-        return Fetched(root, sorted(lock.files), checkpoint, downloaded)
+        return Fetched(root, sorted(lock.files), checkpoint, downloaded + now)

@@ -20,6 +20,7 @@ from packager.source.lock import (
     read_lock,
     write_lock,
 )
+from packager.source.lora_inputs import lora_inputs, recorded_loras
 from packager.source.recipe import LoadedRecipe
 
 
@@ -43,7 +44,11 @@ def check(loaded: LoadedRecipe, lock: Lock) -> tuple[list[str], Stats]:
     if lock.name != loaded.recipe.name:
         reasons.append(f"recipe changed: name {lock.name!r} → {loaded.recipe.name!r}")
     source = input_for(loaded)
-    locked_decl, recipe_decl = recorded(lock.source), {"source.kind": source.kind, **source.declared()}
+    loras = lora_inputs(loaded)
+    locked_decl = {**recorded(lock.source), **recorded_loras(lock.source)}
+    recipe_decl = {"source.kind": source.kind, **source.declared()}
+    for lora in loras:
+        recipe_decl.update(lora.declared())
     for key in sorted(set(locked_decl) | set(recipe_decl)):
         if locked_decl.get(key) != recipe_decl.get(key):
             reasons.append(f"recipe changed: {key} {locked_decl.get(key)!r} → {recipe_decl.get(key)!r}")
@@ -54,9 +59,16 @@ def check(loaded: LoadedRecipe, lock: Lock) -> tuple[list[str], Stats]:
             what = "converter version" if key == "converter" else f"recipe changed: {field_name}"
             reasons.append(f"{what} {lock.settings.get(key)!r} → {settings.get(key)!r}")
     reasons += source.recipe_drift(lock)
+    for lora in loras:
+        reasons += lora.recipe_drift(lock)
     if reasons:
         return reasons, lock.stat_cache
-    return source.source_drift(lock)
+    reasons, stats = source.source_drift(lock)
+    for lora in loras:
+        moved, lora_stats = lora.source_drift(lock)
+        reasons += moved
+        stats = {**stats, **lora_stats}
+    return reasons, stats
 
 
 # ---- the entry points for every stage --------------------------------------------------------------

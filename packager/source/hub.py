@@ -139,6 +139,18 @@ def download_url(
         return url_download.download(url, cache, sha256=sha256, headers=headers, progress=progress)
 
 
+def fetch_locked_url(
+    url: str, record: dict[str, Any], *, progress: bool, token_env: str | None
+) -> tuple[Path, int]:
+    """The file a lock pinned from `url` ({"name", "size", "sha256"}), from the cache or downloaded
+    again and checked; also the bytes downloaded now."""
+    was_cached = (downloads_dir() / str(record["sha256"]) / str(record["name"])).is_file()
+    path, _, size = download_url(url, sha256=str(record["sha256"]), progress=progress, token_env=token_env)
+    if size != record["size"]:
+        raise FetchError(f"{url}: {size} bytes, the lock says {record['size']}")
+    return path, 0 if was_cached else size
+
+
 def _repo_of_url(url: str) -> str | None:
     """`org/name` of a hub `.../org/name/resolve/rev/file` URL, for error messages."""
     path = urlsplit(url).path.strip("/")

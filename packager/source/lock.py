@@ -32,7 +32,9 @@ from artifact_format.vocab import CONVERTER_VERSION
 from packager.errors import LockError
 from packager.settings import secret_values
 from packager.source.inputs import input_for
-from packager.source.recipe import HUB_REPO_RE, LoadedRecipe
+from packager.source.lora_inputs import lora_inputs
+from packager.source.recipe import LoadedRecipe
+from packager.source.recipe_sections import HUB_REPO_RE
 
 LOCK_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -106,12 +108,27 @@ class Lock:
                 raise LockError(f"unsafe file path {rel!r}") from None
             if not isinstance(entry.get("size"), int) or not _SHA256_RE.match(str(entry.get("sha256"))):
                 raise LockError(f"{rel}: needs an integer size and a sha256")
+        _check_loras(lock.source.get("loras", []))
         if lock.artifact_id is not None and not _SHA256_RE.match(str(lock.artifact_id)):
             raise LockError("artifact_id is not a sha256")
         return lock
 
     def to_text(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def _check_loras(records: Any) -> None:
+    if not isinstance(records, list):
+        raise LockError("source.loras must be a list")
+    for i, record in enumerate(records):
+        if (
+            not isinstance(record, dict)
+            or record.get("kind") not in ("hub", "file", "url")
+            or not isinstance(record.get("size"), int)
+            or not _SHA256_RE.match(str(record.get("sha256")))
+            or not isinstance(record.get("scale"), (int, float))
+        ):
+            raise LockError(f"source.loras[{i}]: needs a kind, an integer size, a sha256 and a scale")
 
 
 def _published(value: Any) -> dict[str, str] | None:
@@ -231,7 +248,13 @@ def build_lock(loaded: LoadedRecipe, *, quiet: bool) -> Lock:
     except LockError:
         previous = None
     pinned = input_for(loaded).resolve(previous, quiet=quiet)
-    lock = _make(loaded, pinned.source, pinned.files, pinned.stats)
+    source, stats = dict(pinned.source), dict(pinned.stats)
+    loras = [lora.resolve(previous, quiet=quiet) for lora in lora_inputs(loaded)]
+    if loras:
+        source["loras"] = [lora.source for lora in loras]
+        for lora in loras:
+            stats.update(lora.stats)
+    lock = _make(loaded, source, pinned.files, stats)
     if previous is not None and previous.fingerprint == lock.fingerprint:
         lock = replace(lock, artifact_id=previous.artifact_id, published=previous.published)
     return lock

@@ -34,21 +34,21 @@ from packager.settings import build_dir
 from packager.source import edges
 from packager.source.recipe_sections import (
     DEFAULT_STORE,
+    HUB_REPO_RE,
     Components,
     Deploy,
+    Downloadable,
     Image,
+    Lora,
     Publish,
     Store,
     Strict,
     Volume,
     Worker,
-    check_url,
+    one_kind,
 )
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-
-
-HUB_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 
 
 # A recipe is a page of settings: anything bigger is a mistake or an attack, refused before parsing.
@@ -59,7 +59,7 @@ MAX_RECIPE_BYTES = 1024 * 1024
 MAX_YAML_NODES = 100_000
 
 
-class Source(Strict):
+class Source(Downloadable):
     """Where the weights come from: exactly one of `repo`, `path`, `file` or `url`."""
 
     repo: str | None = Field(default=None, pattern=HUB_REPO_RE)
@@ -67,30 +67,18 @@ class Source(Strict):
     variant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     path: str | None = None
     file: str | None = None
-    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     # The diffusers config a single-file checkpoint follows: a hub repo id, or a local diffusers
     # folder (only its configs and tokenizer are read).
     config: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    # The environment variable holding the token a `url` download sends (CivitAI's, say).
-    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return check_url(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
-        kinds = [k for k in ("repo", "path", "file", "url") if getattr(self, k)]
-        if len(kinds) != 1:
-            got = ", ".join(kinds) if kinds else "none"
-            raise ValueError(f"give exactly one of repo, path, file or url (got {got})")
-        if kinds[0] in ("file", "url") and not self.config:
+        kind = one_kind(self, ("repo", "path", "file", "url"))
+        if kind in ("file", "url") and not self.config:
             raise ValueError("a single-file checkpoint needs `config` (a hub repo id or a local folder)")
-        if kinds[0] != "url" and self.token_env:
+        if kind != "url" and self.token_env:
             raise ValueError("`token_env` applies to `url` sources only")
-        if kinds[0] != "repo" and self.variant:
+        if kind != "repo" and self.variant:
             raise ValueError("`variant` applies to hub repos only")
         return self
 
@@ -118,6 +106,8 @@ class Recipe(Strict):
     pipeline: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     scheduler: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     components: Components = Components()
+    # Fused into the weights in this order; each is locked by its sha256 like the source.
+    loras: tuple[Lora, ...] = ()
     mode: Mode = "baked"
     store: Store = Store()
     image: Image = Image()
@@ -354,6 +344,9 @@ def dump_normalised(loaded: LoadedRecipe) -> dict[str, Any]:
     for key in ("path", "file"):
         if src.get(key):
             src[key] = str(loaded.resolve(src[key]).resolve())
+    for lora in data["loras"]:
+        if lora.get("path"):
+            lora["path"] = str(loaded.resolve(lora["path"]).resolve())
     if src.get("config") and not _looks_like_repo_id(src["config"], loaded):
         src["config"] = str(loaded.resolve(src["config"]).resolve())
     return {k: v for k, v in data.items()}

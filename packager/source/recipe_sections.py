@@ -22,6 +22,9 @@ from packager.source import runpod_limits as limits
 DEFAULT_STORE = "build/store"
 
 
+HUB_REPO_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+
+
 # A CUDA PyTorch runtime image: what RunPod's GPUs need, with torch already installed so the
 # worker layer stays small. Users override it with `image.base` or BASE_IMAGE.
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
@@ -40,12 +43,58 @@ def check_url(value: str | None) -> str | None:
     return value
 
 
+def one_kind(model: BaseModel, kinds: tuple[str, ...]) -> str:
+    """The one field of `kinds` the section sets (a source names exactly one place)."""
+    given = [k for k in kinds if getattr(model, k)]
+    if len(given) != 1:
+        names = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+        raise ValueError(f"give exactly one of {names} (got {', '.join(given) if given else 'none'})")
+    return given[0]
+
+
 CudaVersion = Annotated[str, AfterValidator(limits.check_cuda)]
 
 
 class Strict(BaseModel):
     # inf and nan are no setting at all (an infinite guidance renders black images).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Downloadable(Strict):
+    """The fields of a file that may come from a URL: the URL, the sha256 it must have (else the
+    first download pins it in the lock), and the variable holding the token it is sent with."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # The environment variable holding the token a `url` download sends (CivitAI's, say).
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return check_url(value)
+
+
+class Lora(Downloadable):
+    """A LoRA fused into the weights while converting: exactly one of `repo` (+ `file`), `path` or
+    `url`, and the `scale` it is fused at (W + scale·(alpha/r)·B·A)."""
+
+    repo: str | None = Field(default=None, pattern=HUB_REPO_RE)
+    revision: str = "main"
+    file: str | None = None
+    path: str | None = None
+    scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Lora:
+        one_kind(self, ("repo", "path", "url"))
+        if self.repo and not self.file:
+            raise ValueError("a hub LoRA needs `file` (the weights file in the repo)")
+        if self.file and not self.repo:
+            raise ValueError("`file` applies to hub LoRAs (`repo`) only")
+        if self.token_env and not self.url:
+            raise ValueError("`token_env` applies to `url` LoRAs only")
+        return self
 
 
 class Components(Strict):
