@@ -156,3 +156,47 @@ def test_a_full_sd_checkpoint_takes_from_its_config_repo_only_what_it_lacks(
     (row,) = [line.split(None, 1) for line in locked.stdout.splitlines() if line.startswith("precision")]
     assert row[1].startswith("auto → fp16 ("), row
     assert "unet=fp16" in row[1], row
+
+
+def test_a_transformer_file_of_another_variant_than_the_config_is_one_line(
+    hub: Any, hub_env: dict[str, str], hub_layouts: dict[str, Any], tmp_path: Path
+) -> None:
+    """FLUX.1 dev's file (with its guidance embedder) under schnell's config: refused, never trimmed,
+    and the message says what diffusers reads the file as."""
+    checkpoint = write_original_transformer(
+        hub_layouts[D.FLUX_DEV].folder, tmp_path / "flux1-dev.safetensors", family="flux"
+    )
+    body = f"name: model\nsource:\n  file: {checkpoint}\n  config: {D.FLUX_SCHNELL}\n"
+    recipe = write_recipe(tmp_path, body)
+    done = run_packager("convert", str(recipe), env={**hub_env, "PACKAGER_BUILD_DIR": str(tmp_path / "b")})
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "transformer: the checkpoint has 4 weight(s) that transformer/config.json "
+        "(FluxTransformer2DModel) has no place for, e.g. time_text_embed.guidance_embedder.linear_1.bias; "
+        "diffusers reads the file as 'flux-dev' (config: black-forest-labs/FLUX.1-dev)"
+    )
+    assert not list((tmp_path / "b").rglob("manifest.json"))
+    assert not list((tmp_path / "b").rglob("*.safetensors"))
+
+
+def test_a_local_config_folder_brings_what_the_file_lacks_and_drifts_like_one(
+    hub_layouts: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    config = tmp_path / "flux-schnell"
+    shutil.copytree(hub_layouts[D.FLUX_SCHNELL].folder, config)
+    checkpoint = write_original_transformer(config, tmp_path / "flux1-schnell.safetensors", family="flux")
+    recipe = write_recipe(tmp_path, f"name: model\nsource:\n  file: {checkpoint}\n  config: {config}\n")
+    assert run_packager("lock", str(recipe)).returncode == 0
+    files = json.loads(recipe.with_suffix(".lock").read_text())["files"]
+    weights = {f.partition("/")[0] for f in files if f.endswith(".safetensors")}
+    assert weights == {"text_encoder", "text_encoder_2", "vae"}
+    assert run_packager("lock", str(recipe), "--check").returncode == 0
+
+    vae = config / "vae" / "diffusion_pytorch_model.safetensors"
+    vae.write_bytes(vae.read_bytes()[:-1] + b"\0")
+    drifted = run_packager("lock", str(recipe), "--check")
+    assert drifted.returncode == 1
+    assert "files changed: vae/diffusion_pytorch_model.safetensors" in drifted.stderr

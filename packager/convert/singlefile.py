@@ -141,13 +141,36 @@ def _convert_diffusers(
         except (KeyError, IndexError, ValueError, RuntimeError) as exc:
             raise ConvertError(
                 f"{comp}: the checkpoint does not follow the layout {class_name} expects "
-                f"({type(exc).__name__}: {exc})"
+                f"({type(exc).__name__}: {exc}){_family_hint(checkpoint)}"
             ) from None
     else:
         converted = dict(checkpoint)
     if not converted:
         return None
+    extra = sorted(set(converted) - set(expected))
+    if mapping_class in ROW_MAPPINGS and extra:
+        # A transformer file maps to one model whole: a weight the config has no place for means
+        # another variant (FLUX.1 dev's guidance embedder under a schnell config), never a leftover.
+        raise ConvertError(
+            f"{comp}: the checkpoint has {len(extra)} weight(s) that {comp}/config.json ({class_name}) "
+            f"has no place for, e.g. {extra[0]}{_family_hint(checkpoint)}"
+        )
     return _match(converted, expected, comp, class_name)
+
+
+def _family_hint(checkpoint: dict[str, torch.Tensor]) -> str:
+    """What diffusers' own model-type inference reads the file as, and the repo it would take the
+    config from: the likely fix when the config repo does not match the checkpoint."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    try:
+        model_type = str(sfu.infer_diffusers_model_type(checkpoint))
+        if model_type == "v1" and sfu.CHECKPOINT_KEY_NAMES["v1"] not in checkpoint:
+            return ""  # diffusers' answer when nothing matched
+        repo = sfu.DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"]
+    except (KeyError, IndexError, ValueError, RuntimeError, AttributeError):
+        return ""
+    return f"; diffusers reads the file as {model_type!r} (config: {repo})"
 
 
 def _convert_clip(
