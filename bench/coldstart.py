@@ -36,6 +36,7 @@ bench/volume_sim.py): the naive mmap load, the worker's parallel loader, and the
 
   python bench/coldstart.py [--tiny] [--runs N] [--device cpu|cuda] [--precision fp16|bf16|fp32]
                             [--cache warm|cold|both] [--storage local|volume-sim]
+                            [--until response|ready] [--variants a,b,...]
 Results: bench/results/coldstart[-tiny][-cuda-<precision>][-volume-sim].json
 """
 
@@ -206,8 +207,20 @@ def _commands(setup: Setup, variant: str) -> tuple[list[str], dict[str, str], st
     return [py, "-c", code], _child_env(setup), FLOOR_MARK
 
 
-def _run_once(setup: Setup, variant: str) -> Run:
+def _note(run: Run, line: str, now: float) -> None:
+    """Record the marks and the worker's own timing breakdown a line of output carries."""
+    for mark, key in ((READY_MARK, "ready_s"), (ANSWER_MARK, "first_response_s"), (FLOOR_MARK, "done_s")):
+        if mark in line:
+            run.marks.setdefault(key, now)
+    if match := BREAKDOWN_RE.search(line):
+        run.breakdown = {k: float(v) for k, v in match.groupdict().items()}
+
+
+def _run_once(setup: Setup, variant: str, until_ready: bool = False) -> Run:
+    """One fresh process of `variant`; `until_ready` stops a handler at its ready line (no job)."""
     argv, env, end_mark = _commands(setup, variant)
+    if until_ready and end_mark == ANSWER_MARK:
+        end_mark = READY_MARK
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -218,16 +231,10 @@ def _run_once(setup: Setup, variant: str) -> Run:
 
     def watch(stream: Any, name: str) -> None:
         for line in stream:
-            now = time.perf_counter() - start
             tails[name] = (tails[name] + [line[:300]])[-40:]
-            if READY_MARK in line:
-                run.marks.setdefault("ready_s", now)
-            if ANSWER_MARK in line:
-                run.marks.setdefault("first_response_s", now)
-            if FLOOR_MARK in line:
-                run.marks.setdefault("done_s", now)
-            if match := BREAKDOWN_RE.search(line):
-                run.breakdown = {k: float(v) for k, v in match.groupdict().items()}
+            _note(run, line, time.perf_counter() - start)
+            if READY_MARK in line and end_mark == READY_MARK:
+                proc.terminate()
 
     threads = [
         threading.Thread(target=watch, args=(proc.stdout, "stdout"), daemon=True),
@@ -245,8 +252,8 @@ def _run_once(setup: Setup, variant: str) -> Run:
     run.wall_s = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time
     run.cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    finished = "first_response_s" if end_mark == ANSWER_MARK else "done_s"
-    if proc.returncode != 0 or finished not in run.marks:
+    finished = {ANSWER_MARK: "first_response_s", READY_MARK: "ready_s"}.get(end_mark, "done_s")
+    if (proc.returncode != 0 and end_mark != READY_MARK) or finished not in run.marks:
         tail = "".join(tails["stdout"][-15:] + tails["stderr"][-15:])
         raise SystemExit(f"{variant} failed (exit {proc.returncode}):\n{tail}")
     return run
@@ -335,6 +342,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--variants", default=None, help="comma-separated (default: all)")
     parser.add_argument("--storage", choices=("local", "volume-sim"), default="local")
     parser.add_argument(
+        "--until",
+        choices=("response", "ready"),
+        default="response",
+        help="stop each handler at its first response (default) or at ready (no job: shorter runs)",
+    )
+    parser.add_argument(
         "--steps", type=int, default=None, help="inference steps of the first request (cpu 1, cuda 20)"
     )
     parser.add_argument(
@@ -383,7 +396,7 @@ def main(argv: list[str]) -> int:
             for variant in chosen:  # interleaved: drift in machine load hits every variant alike
                 if cache == "cold":
                     _evict(all_weights)
-                run = _run_once(setup, variant)
+                run = _run_once(setup, variant, args.until == "ready")
                 raw[variant].append(run)
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in run.marks.items())
                 print(f"  [{cache}] run {i + 1}/{args.runs} {variant}: {shown}", file=sys.stderr)

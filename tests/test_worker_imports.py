@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,13 +28,19 @@ torch = imports.import_torch()
 cls = imports.import_pipeline_class(mf.load(model).pipeline)
 from worker_runtime import shims
 out["lazy_after_import"] = shims.lazy_dynamo_active()
+UNUSED = ("peft", "torch.distributed.tensor", "torch.distributed.fsdp", "sympy")
+def loaded_unused():
+    return [m for m in UNUSED if sys.modules.get(m) is not None]
+out["unused_after_import"] = loaded_unused()
 loaded = load.load_pipeline(cls, torch, model, mf.load(model), "cpu")
 def run():
     g = torch.Generator("cpu").manual_seed(7)
     return loaded.pipe(prompt="a fox", num_inference_steps=2, width=64, height=64, generator=g,
                        output_type="pt").images
+out["unused_after_load"] = loaded_unused()
 plain = run()
 out["lazy_after_job"] = shims.lazy_dynamo_active()
+out["unused_after_job"] = loaded_unused()
 from diffusers.models.attention_processor import Attention
 loaded.pipe.unet = torch.compile(loaded.pipe.unet, backend="eager")
 compiled = run()
@@ -52,7 +59,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_artifact(tiny_source(root / "source"), root / "artifact")[0]
 
 
-def probe(artifact: Path, **env: str) -> dict[str, bool]:
+def probe(artifact: Path, **env: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(artifact)],
         env=worker_env(artifact, **env),
@@ -73,6 +80,12 @@ def test_dynamo_stays_unloaded_through_a_job_and_compile_works_with_registration
     out = probe(artifact)
     assert out["lazy_after_import"]
     assert out["lazy_after_job"]
+    # transformers' distributed machinery (and sympy with it) and peft stay out of the imports; the
+    # first two stay out for good. (Building CLIP's embeddings on the meta device goes through
+    # torch._refs, which imports sympy: that part moves from the imports to the load.)
+    assert out["unused_after_import"] == []
+    assert out["unused_after_load"] in ([], ["sympy"])
+    assert out["unused_after_job"] == out["unused_after_load"]
     assert not out["lazy_after_compile"]
     assert out["compiled_equal"]
     assert out["is_compiled"]
@@ -81,6 +94,8 @@ def test_dynamo_stays_unloaded_through_a_job_and_compile_works_with_registration
 
 def test_without_the_shim_dynamo_is_imported_and_compile_gives_the_same_answers(artifact: Path) -> None:
     out = probe(artifact, WORKER_TRIM_IMPORTS="0")
+    unused = ["peft", "torch.distributed.tensor", "torch.distributed.fsdp", "sympy"]
+    assert out["unused_after_import"] == unused
     assert not out["lazy_after_import"]
     assert not out["lazy_after_job"]
     assert out["compiled_equal"]
@@ -110,7 +125,12 @@ def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -
         "from worker_runtime import shims\n"
         "shims.SUPPORTED['torch'] = ((1, 0), (1, 1))\n"
         "why = shims.install_lazy_dynamo()\n"
-        "import diffusers.utils.torch_utils\n"
+        "from worker_runtime import trim\n"
+        "assert trim.hide_peft() == trim.hide_distributed() == why, why\n"
+        "import diffusers.utils.torch_utils, transformers.distributed.sharding_utils\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('peft') is not None, 'peft hidden'\n"
+        "assert 'torch.distributed.tensor' in sys.modules\n"
         "print(why, '|', type(sys.modules['torch._dynamo']).__name__, shims.lazy_dynamo_active())\n"
     )
     proc = subprocess.run(

@@ -12,8 +12,9 @@ Each function imports one thing and returns it, so handler.py can time them sepa
   (measured on runpod 1.12). The name is only shown in `--rp_debugger` output, so we answer it from
   /proc/cpuinfo for the duration of the import and put py-cpuinfo back afterwards.
 - `torch._dynamo` (the torch.compile front end, over a second) is replaced by a stand-in that loads
-  it on first real use (shims.py) before diffusers and transformers import it; WORKER_TRIM_IMPORTS=0
-  keeps the plain imports (to compare, or to rule the shim out).
+  it on first real use (shims.py) before diffusers and transformers import it; transformers'
+  distributed machinery (with sympy) and peft are kept out too (trim.py). WORKER_TRIM_IMPORTS=0
+  keeps the plain imports (to compare, or to rule the shims out).
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ def go_offline() -> None:
 _OFF = {"0", "false", "no", "off"}
 
 
+def trimming() -> bool:
+    """WORKER_TRIM_IMPORTS (on unless 0/false/no/off)."""
+    return os.environ.get("WORKER_TRIM_IMPORTS", "1").strip().lower() not in _OFF
+
+
 def import_torch() -> ModuleType:
     import torch
 
-    if os.environ.get("WORKER_TRIM_IMPORTS", "1").strip().lower() not in _OFF:
+    if trimming():
         from worker_runtime import shims
 
         shims.install_lazy_dynamo()
@@ -74,6 +80,11 @@ def start_cuda_init(torch: Any, device: str | None) -> threading.Thread | None:
 
 def import_pipeline_class(name: str) -> Any:
     """The diffusers pipeline class called `name` (the manifest's `pipeline`)."""
+    if trimming():
+        from worker_runtime import trim
+
+        trim.hide_peft()
+        trim.hide_distributed()
     import diffusers
 
     cls = getattr(diffusers, name, None) if name.isidentifier() else None

@@ -16,6 +16,7 @@ loaded in theirs through diffusers' per-component `dtype` mapping.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,29 @@ from artifact_format import manifest as mf
 from artifact_format.vocab import MODEL_INDEX
 
 
+def layerwise_components(manifest: mf.Manifest) -> frozenset[str]:
+    """The components stored in one dtype and run in another (built here, not by from_pretrained)."""
+    return frozenset(name for name, precision in manifest.components.items() if precision.layerwise)
+
+
 def load_kwargs(
-    manifest: mf.Manifest, model_dir: Path, torch: Any, device: str, dtype: Any
+    manifest: mf.Manifest,
+    model_dir: Path,
+    torch: Any,
+    device: str,
+    dtype: Any,
+    states: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Extra `from_pretrained` keyword arguments for the components the manifest stores apart:
-    each layerwise-cast component, already loaded, and a per-component `dtype` where needed."""
+    each layerwise-cast component, already loaded, and a per-component `dtype` where needed.
+    `states` holds the stored tensors of layerwise components already read into memory."""
     out: dict[str, Any] = {}
     by_component: dict[str, Any] = {}
     for name, precision in sorted(manifest.components.items()):
         if precision.layerwise:
             compute = dtype if device == "cpu" else getattr(torch, precision.compute)
-            out[name] = load_layerwise(model_dir, name, precision, torch, device, compute)
+            state = (states or {}).get(name)
+            out[name] = load_layerwise(model_dir, name, precision, torch, device, compute, state)
         elif device != "cpu" and getattr(torch, precision.compute) != dtype:
             by_component[name] = getattr(torch, precision.compute)
     if by_component:
@@ -42,9 +55,16 @@ def load_kwargs(
 
 
 def load_layerwise(
-    model_dir: Path, component: str, precision: mf.ComponentPrecision, torch: Any, device: str, compute: Any
+    model_dir: Path,
+    component: str,
+    precision: mf.ComponentPrecision,
+    torch: Any,
+    device: str,
+    compute: Any,
+    state: dict[str, Any] | None = None,
 ) -> Any:
-    """The component with its stored tensors as they are, upcast layer by layer to `compute`."""
+    """The component with its stored tensors as they are, upcast layer by layer to `compute`;
+    `state`: those tensors already in memory (else they are memory-mapped from the files)."""
     import diffusers
     from accelerate import init_empty_weights
     from diffusers.hooks.layerwise_casting import apply_layerwise_casting
@@ -55,9 +75,12 @@ def load_layerwise(
     cls = getattr(diffusers, class_name)
     with init_empty_weights():
         model = cls.from_config(cls.load_config(folder))
-    state: dict[str, Any] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(path, device=device))
+    if state is None:
+        state = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            state.update(load_file(path, device=device))
+    elif device != "cpu":
+        state = {name: tensor.to(device) for name, tensor in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     storage = getattr(torch, precision.storage)
     for tensor in [*model.parameters(), *model.buffers()]:

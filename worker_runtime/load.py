@@ -78,14 +78,14 @@ def load_pipeline(
             kwargs["feature_extractor"] = None
         if "requires_safety_checker" in params:
             kwargs["requires_safety_checker"] = False
-    models = _models_in_memory(torch, model_dir, reader, dtype, device)
+    models, stored = _models_in_memory(torch, model_dir, reader, dtype, device, manifest)
     if models:
         kwargs.update(models)
     elif device == "cuda":
         # Each tensor goes from the mapped file to the GPU once, never through a CPU copy.
         # (diffusers takes a bare device name here; "cuda:N" is moved after loading.)
         kwargs["device_map"] = device
-    kwargs.update(layerwise.load_kwargs(manifest, model_dir, torch, device, dtype))
+    kwargs.update(layerwise.load_kwargs(manifest, model_dir, torch, device, dtype, stored))
     pipe = pipeline_class.from_pretrained(str(model_dir), **kwargs)
     if device not in ("cpu", "cuda"):
         pipe = pipe.to(device)
@@ -94,18 +94,21 @@ def load_pipeline(
 
 
 def _models_in_memory(
-    torch: Any, model_dir: Path, reader: Readahead | None, dtype: Any, device: str
-) -> dict[str, Any]:
-    """The models built from the reader's in-memory files, or {} to load through memory maps."""
+    torch: Any, model_dir: Path, reader: Readahead | None, dtype: Any, device: str, manifest: mf.Manifest
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the models built from the reader's in-memory files, the stored tensors of the layerwise-cast
+    components), or ({}, {}) to load through memory maps."""
     if reader is None or not reader.keep:
-        return {}
+        return {}, {}
     reader.join()
     if reader.error or not reader.buffers:
-        return {}  # from_pretrained reads the files itself and names what is wrong
+        return {}, {}  # from_pretrained reads the files itself and names what is wrong
     from worker_runtime import memload
 
+    apart = layerwise.layerwise_components(manifest)
     try:
-        return memload.load_models(torch, model_dir, reader.buffers, dtype, device)
+        stored = {name: memload.component_state(torch, model_dir, reader.buffers, name) for name in apart}
+        return memload.load_models(torch, model_dir, reader.buffers, dtype, device, apart), stored
     finally:
         reader.buffers.clear()  # the tensors keep what they use
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,21 @@ def _no_init_weights() -> Any:
     return no_init_weights()
 
 
-def _keep_fp32(model: Any, name: str) -> bool:
+def _fp32_rule(torch: Any, model: Any, library: str, dtype: Any) -> Callable[[str], bool]:
+    """Which tensor names `from_pretrained` keeps in fp32 at `dtype`, by the library's own rules.
+
+    transformers: the model's dtype plan (`_keep_in_fp32_modules` at fp16 only,
+    `_keep_in_fp32_modules_strict` at fp16 and bf16; glob patterns searched in the name).
+    diffusers: `_keep_in_fp32_modules` at any dtype, matched on whole dotted name parts.
+    """
+    if library == "transformers":
+        plan_of = getattr(model, "_get_dtype_plan", None)
+        plan = plan_of(dtype) if callable(plan_of) else {}
+        globs = [re.compile(p.replace("*", ".*")) for p, d in plan.items() if d == torch.float32]
+        return lambda name: any(g.search(name) for g in globs)
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    if isinstance(keep, str):
-        keep = [keep]
-    return any(part in name for part in keep)
+    parts = {keep} if isinstance(keep, str) else set(keep)
+    return lambda name: not parts.isdisjoint(name.split("."))
 
 
 def build_model(
@@ -99,12 +110,18 @@ def build_model(
         else:
             model = cls.from_config(cls.load_config(folder, local_files_only=True))
     pin = device.startswith("cuda")
+    keep_fp32 = _fp32_rule(torch, model, library, dtype)
+    made_by_model = model.state_dict()
     ready: dict[str, Any] = {}
     for name, tensor in state.items():
-        if tensor.is_floating_point() and tensor.dtype != dtype and not _keep_fp32(model, name):
-            tensor = tensor.to(dtype)
-        elif tensor.is_floating_point() and _keep_fp32(model, name):
-            tensor = tensor.to(torch.float32)
+        if tensor.is_floating_point():
+            made = made_by_model.get(name)
+            target = dtype
+            if keep_fp32(name):
+                target = torch.float32
+            elif library == "transformers" and made is not None and made.is_floating_point():
+                target = made.dtype  # transformers: a tensor the model creates in its own dtype keeps it
+            tensor = tensor.to(target)
         if pin:
             tensor = tensor.pin_memory().to(device, non_blocking=True)
         ready[name] = tensor
@@ -125,24 +142,36 @@ def build_model(
     return model.eval()
 
 
-def load_models(
-    torch: Any, model_dir: Path, buffers: Mapping[Path, bytearray], dtype: Any, device: str
+def component_state(
+    torch: Any, model_dir: Path, buffers: Mapping[Path, bytearray], name: str
 ) -> dict[str, Any]:
-    """{component name: model} for every diffusers/transformers component whose weights are in memory."""
+    """The tensors of component `name` as they are stored (views of the in-memory files)."""
+    folder = model_dir / name
+    state: dict[str, Any] = {}
+    for path in sorted(p for p in buffers if p.parent == folder and p.suffix == ".safetensors"):
+        state.update(tensors_from_buffer(torch, buffers[path], path))
+    return state
+
+
+def load_models(
+    torch: Any,
+    model_dir: Path,
+    buffers: Mapping[Path, bytearray],
+    dtype: Any,
+    device: str,
+    skip: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """{component name: model} for every diffusers/transformers component whose weights are in memory,
+    except those in `skip` (stored in another dtype than they run in: layerwise.py builds them)."""
     index = json.loads((model_dir / "model_index.json").read_text())
     models: dict[str, Any] = {}
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2:
+        if name.startswith("_") or name in skip or not isinstance(spec, list) or len(spec) != 2:
             continue
         library, class_name = spec
         if library not in ("diffusers", "transformers") or not class_name:
             continue
-        folder = model_dir / name
-        files = sorted(p for p in buffers if p.parent == folder and p.suffix == ".safetensors")
-        if not files:
-            continue
-        state: dict[str, Any] = {}
-        for path in files:
-            state.update(tensors_from_buffer(torch, buffers[path], path))
-        models[name] = build_model(torch, library, class_name, folder, state, dtype, device)
+        state = component_state(torch, model_dir, buffers, name)
+        if state:
+            models[name] = build_model(torch, library, class_name, model_dir / name, state, dtype, device)
     return models
