@@ -109,6 +109,10 @@ HOSTILE_DIFFUSERS_API: list[tuple[dict[str, Any], str]] = [
     ({"callInputs": {"MODEL_PRECISION": 16}}, "callInputs.MODEL_PRECISION: must be a string (got int)"),
     ({"callInputs": {"safety_checker": "no"}}, "callInputs.safety_checker: must be a boolean (got string)"),
     ({"callInputs": {"SCHEDULER": 10**400}}, "callInputs.SCHEDULER: must be a string (got int)"),
+    (
+        {"callInputs": {"startRequestId": "r" * 100_000}},
+        "callInputs.startRequestId: 100000 characters is over the limit of 200",
+    ),
     ({"modelInputs": {"guidance_scale": 10**400}}, "modelInputs.guidance_scale: must be between 0 and 30"),
     ({"modelInputs": {"num_images_per_prompt": 1e300}}, "modelInputs.num_images_per_prompt: must be betw"),
 ]

@@ -40,6 +40,8 @@ from worker_runtime.errors import RequestError, kind_of, short
 from worker_runtime.family import TRUE_CFG_WITH_NEGATIVE, CallSpec
 
 MAX_SEED = 2**63 - 1
+# Echoed back in `$meta`: a client's id, not a payload.
+MAX_REQUEST_ID_CHARS = 200
 # The T5 pipelines refuse more (FLUX.1 and SD3 cap at 512); a bound on what a prompt costs.
 MAX_SEQUENCE_LENGTH = 512
 MAX_FPS = 60
@@ -179,6 +181,11 @@ def _parse_diffusers_api(raw: Mapping[str, Any], serving: Serving) -> Generation
         )
     fields.optional(call_inputs, "xformers_memory_efficient_attention", bool, "callInputs.")
     request_id = fields.optional(call_inputs, "startRequestId", str, "callInputs.")
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise RequestError(
+            f"callInputs.startRequestId: {len(request_id)} characters is over the limit of "
+            f"{MAX_REQUEST_ID_CHARS}"
+        )
     safety = fields.optional(call_inputs, "safety_checker", bool, "callInputs.")
     if safety and not serving.has_safety_checker:
         raise RequestError(
