@@ -80,8 +80,8 @@ def test_a_wrong_sha256_is_one_line_and_keeps_nothing(
     with pytest.raises(FetchError) as err:
         url_download.download(servers.url, tmp_path, sha256="0" * 64, headers=headers, progress=False)
     assert (
-        str(err.value)
-        == f"{servers.url}: sha256 is {DATA_SHA}, not the expected {'0' * 64} (source.sha256 or the lock)"
+        str(err.value) == f"{servers.url}: sha256 is {DATA_SHA}, not the expected {'0' * 64} "
+        "(the recipe's sha256 or the lock)"
     )
     assert list(tmp_path.iterdir()) == []
 
@@ -155,7 +155,7 @@ def test_a_recipe_url_with_token_env_locks_and_a_wrong_sha_fails_in_one_line(
         (line,) = failed.stderr.strip().splitlines()
         assert line == (
             f"packager: error: {servers.url}: sha256 is {want}, "
-            f"not the expected {'1' * 64} (source.sha256 or the lock)"
+            f"not the expected {'1' * 64} (the recipe's sha256 or the lock)"
         )
         assert TOKEN not in failed.stderr
     finally:

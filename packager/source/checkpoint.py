@@ -21,6 +21,7 @@ from packager.source.hub_repo import HubRepo
 from packager.source.inputs import Fetched, Pinned, Stats, stat_of, verify_local_file
 from packager.source.local_folder import LocalFolder
 from packager.source.recipe_sections import HUB_REPO_RE
+from packager.source.s3_download import S3Access
 from packager.source.select import is_weight_file
 
 if TYPE_CHECKING:
@@ -58,7 +59,10 @@ def checkpoint_input(loaded: LoadedRecipe) -> CheckpointFile | CheckpointUrl:
             raise FetchError(f"source.file: {path} is not a file")
         return CheckpointFile(config=config, path=path.resolve())
     assert source.url is not None
-    return CheckpointUrl(config=config, url=source.url, sha256=source.sha256, token_env=source.token_env)
+    s3 = S3Access(source.endpoint_url, source.profile)
+    return CheckpointUrl(
+        config=config, url=source.url, sha256=source.sha256, token_env=source.token_env, s3=s3
+    )
 
 
 def recorded_checkpoint(source: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +167,7 @@ class CheckpointUrl(_SingleFile):
     url: str
     sha256: str | None
     token_env: str | None = None
+    s3: S3Access | None = None
     kind: str = "url"
 
     def declared(self) -> dict[str, Any]:
@@ -173,7 +178,7 @@ class CheckpointUrl(_SingleFile):
         if known is None and previous is not None and previous.source.get("url") == self.url:
             known = previous.source["checkpoint"]["sha256"]
         path, digest, size = hub.download_url(
-            self.url, sha256=known, progress=not quiet, token_env=self.token_env
+            self.url, sha256=known, progress=not quiet, token_env=self.token_env, s3=self.s3
         )
         config, stats = self.pin_config(path, previous, quiet=quiet)
         checkpoint = {"name": path.name, "size": size, "sha256": digest}
@@ -192,6 +197,6 @@ class CheckpointUrl(_SingleFile):
     def fetch(self, lock: Lock, *, quiet: bool) -> Fetched:
         root, downloaded = self.fetch_config(lock, quiet=quiet)
         checkpoint, now = hub.fetch_locked_url(
-            self.url, lock.source["checkpoint"], progress=not quiet, token_env=self.token_env
+            self.url, lock.source["checkpoint"], progress=not quiet, token_env=self.token_env, s3=self.s3
         )
         return Fetched(root, sorted(lock.files), checkpoint, downloaded + now)

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from packager import settings
 from packager.errors import FetchError, HubError
-from packager.source import url_download
+from packager.source import s3_download, url_download
+from packager.source.s3_download import S3Access
 
 FULL_SHA_LEN = 40
 
@@ -112,17 +113,25 @@ def downloads_dir() -> Path:
 
 
 def download_url(
-    url: str, *, sha256: str | None, progress: bool, token_env: str | None = None
+    url: str,
+    *,
+    sha256: str | None,
+    progress: bool,
+    token_env: str | None = None,
+    s3: S3Access | None = None,
 ) -> tuple[Path, str, int]:
     """Download `url` (or reuse the cached copy) into downloads_dir()/<sha256>/<name>.
 
     Returns (path, sha256, size). With `sha256` known the cache is consulted first and the
     download must match it. The token (the variable `token_env` names, else the hub token for a
-    hub URL) goes only to the URL's own host, never to a redirect target; see url_download.
+    hub URL) goes only to the URL's own host, never to a redirect target; see url_download. An
+    `s3://` URL is read with boto3's credential chain and `s3`'s endpoint and profile.
     """
     cache = downloads_dir()
     if sha256 and (hit := url_download.cached(cache, sha256)) is not None:
         return hit, sha256, hit.stat().st_size
+    if url.startswith("s3://"):
+        return s3_download.download(url, cache, sha256=sha256, access=s3 or S3Access(), progress=progress)
     on_hub = _same_origin(url, endpoint())
     headers: dict[str, str] = {}
     if token_env:
@@ -140,12 +149,14 @@ def download_url(
 
 
 def fetch_locked_url(
-    url: str, record: dict[str, Any], *, progress: bool, token_env: str | None
+    url: str, record: dict[str, Any], *, progress: bool, token_env: str | None, s3: S3Access | None
 ) -> tuple[Path, int]:
     """The file a lock pinned from `url` ({"name", "size", "sha256"}), from the cache or downloaded
     again and checked; also the bytes downloaded now."""
     was_cached = (downloads_dir() / str(record["sha256"]) / str(record["name"])).is_file()
-    path, _, size = download_url(url, sha256=str(record["sha256"]), progress=progress, token_env=token_env)
+    path, _, size = download_url(
+        url, sha256=str(record["sha256"]), progress=progress, token_env=token_env, s3=s3
+    )
     if size != record["size"]:
         raise FetchError(f"{url}: {size} bytes, the lock says {record['size']}")
     return path, 0 if was_cached else size

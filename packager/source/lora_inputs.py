@@ -17,6 +17,7 @@ from packager.errors import FetchError
 from packager.source import hub
 from packager.source.hub_repo import HubRepo
 from packager.source.inputs import Fetched, Pinned, Stats, stat_of, verify_local_file
+from packager.source.s3_download import S3Access
 
 if TYPE_CHECKING:
     from packager.source.lock import Lock
@@ -52,7 +53,9 @@ def _input(loaded: LoadedRecipe, i: int, lora: Lora) -> LoraHub | LoraFile | Lor
             raise FetchError(f"loras[{i}].path: {path} is not a file")
         return LoraFile(i, lora.scale, lora.sha256, path.resolve())
     assert lora.url is not None
-    return LoraUrl(i, lora.scale, lora.sha256, lora.url, lora.token_env)
+    return LoraUrl(
+        i, lora.scale, lora.sha256, lora.url, lora.token_env, S3Access(lora.endpoint_url, lora.profile)
+    )
 
 
 def recorded_loras(source: dict[str, Any]) -> dict[str, Any]:
@@ -211,10 +214,11 @@ class LoraFile(_Lora):
 
 @dataclass(frozen=True)
 class LoraUrl(_Lora):
-    """`url`: a LoRA downloaded once into the download cache, pinned by its sha256."""
+    """`url` (https or s3://): a LoRA downloaded once into the download cache, pinned by its sha256."""
 
     url: str
     token_env: str | None
+    s3: S3Access
     kind: str = "url"
 
     def declared(self) -> dict[str, Any]:
@@ -224,7 +228,7 @@ class LoraUrl(_Lora):
         old = self.previous(previous, "url")
         known = self.sha256 or (old.get("sha256") if old.get("url") == self.url else None)
         path, digest, size = hub.download_url(
-            self.url, sha256=known, progress=not quiet, token_env=self.token_env
+            self.url, sha256=known, progress=not quiet, token_env=self.token_env, s3=self.s3
         )
         record = {"kind": "url", "url": self.url, "name": path.name, "size": size, "sha256": digest}
         return self.pinned(record)
@@ -235,6 +239,6 @@ class LoraUrl(_Lora):
     def fetch(self, lock: Lock, *, quiet: bool) -> Fetched:
         record = self.locked(lock)
         path, downloaded = hub.fetch_locked_url(
-            self.url, record, progress=not quiet, token_env=self.token_env
+            self.url, record, progress=not quiet, token_env=self.token_env, s3=self.s3
         )
         return Fetched(path.parent, [], path, downloaded)

@@ -64,15 +64,31 @@ class Downloadable(Strict):
     """The fields of a file that may come from a URL: the URL, the sha256 it must have (else the
     first download pins it in the lock), and the variable holding the token it is sent with."""
 
-    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    url: str | None = Field(default=None, pattern=r"^(https?|s3)://\S+$")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    # The environment variable holding the token a `url` download sends (CivitAI's, say).
+    # The environment variable holding the token an https `url` download sends (CivitAI's, say).
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # For an s3:// `url`: the S3 endpoint (R2, MinIO, ...) and the AWS profile; credentials only
+    # from boto3's chain.
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    profile: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.+-]+$")
 
-    @field_validator("url")
+    @field_validator("url", "endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return check_url(value)
+
+    @model_validator(mode="after")
+    def _s3(self) -> Downloadable:
+        if self.url and self.url.startswith("s3://"):
+            from packager.source.s3_download import split
+
+            split(self.url)  # its ValueError says what an s3:// URL looks like
+            if self.token_env:
+                raise ValueError("`token_env` applies to https URLs; s3:// URLs use boto3's credential chain")
+        elif self.endpoint_url or self.profile:
+            raise ValueError("`endpoint_url` and `profile` apply to s3:// URLs only")
+        return self
 
 
 class Lora(Downloadable):

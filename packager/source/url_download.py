@@ -82,8 +82,7 @@ def download(
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".partial-{hashlib.sha256(url.encode()).hexdigest()[:24]}"
-    offset = partial.stat().st_size if partial.is_file() else 0
+    partial, offset = partial_of(cache, url)
     resp, final_url = _open(get_session(), url, headers, offset)
     with closing(resp):
         if offset and resp.status_code == 200:
@@ -91,11 +90,7 @@ def download(
         elif offset and not _resumes_at(resp.headers.get("Content-Range"), offset):
             raise FetchError(f"{url}: the server resumed at the wrong place; delete {partial} and run again")
         name = filename(resp.headers.get("Content-Disposition"), final_url if offset == 0 else url)
-        digest = hashlib.sha256()
-        if offset:
-            with open(partial, "rb") as done:
-                while block := done.read(_CHUNK):
-                    digest.update(block)
+        digest = digest_of(partial, offset)
         length = int(resp.headers.get("Content-Length") or 0)
         size = offset
         with (
@@ -122,15 +117,38 @@ def download(
                     f"{url}: download interrupted after {size} bytes ({type(exc).__name__}); "
                     "run again to resume"
                 ) from None
-    got = digest.hexdigest()
+    return finish(partial, cache / digest.hexdigest() / name, sha256, url), digest.hexdigest(), size
+
+
+def partial_of(cache: Path, url: str) -> tuple[Path, int]:
+    """Where `url`'s bytes land until they are checked, and how many an earlier run left there."""
+    partial = cache / f".partial-{hashlib.sha256(url.encode()).hexdigest()[:24]}"
+    return partial, partial.stat().st_size if partial.is_file() else 0
+
+
+def digest_of(partial: Path, offset: int) -> Any:
+    """A sha256 that has seen the first `offset` bytes of `partial` (those an earlier run kept)."""
+    digest = hashlib.sha256()
+    if offset:
+        with open(partial, "rb") as done:
+            while block := done.read(_CHUNK):
+                digest.update(block)
+    return digest
+
+
+def finish(partial: Path, target: Path, sha256: str | None, url: str) -> Path:
+    """The finished download moved to `target` (`<cache>/<its sha256>/<name>`), or deleted and a
+    FetchError when it is not the sha256 expected."""
+    got = target.parent.name
     if sha256 and got != sha256:
         partial.unlink(missing_ok=True)
-        raise FetchError(f"{url}: sha256 is {got}, not the expected {sha256} (source.sha256 or the lock)")
-    target = cache / got / name
+        raise FetchError(
+            f"{url}: sha256 is {got}, not the expected {sha256} (the recipe's sha256 or the lock)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial.chmod(0o644)
     os.replace(partial, target)
-    return target, got, size
+    return target
 
 
 def _open(session: Any, url: str, headers: Mapping[str, str], offset: int) -> tuple[Any, str]:
