@@ -8,6 +8,10 @@ random weights. Built once and cached under build/bench/.
   bf16        packager.convert with precision auto (bf16 → bf16, re-packed by shard_size 5GB)
   fp8         precision fp8 (Linear weights → float8_e4m3fn, the rest bf16)
   floor       read every source byte, write as many (no torch): the floor for bf16
+  single      the same transformer as one file under BFL's key names (`flux1-dev.safetensors`,
+              written once by tests/rig/original_dit.py's inverse of diffusers' mapping) + its config:
+              diffusers' single-file mapping run on row stand-ins (packager/convert/row_mapping.py)
+  single-eager  the same with the mapping run on the tensors themselves, as diffusers runs it
   floor-half  read every source byte, write half as many: the floor for fp8
 
 Each variant runs in a fresh process, interleaved, medians of --runs; verify and hashing included
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,8 @@ LAYOUT_VERSION = "1"
 BLOCKS = {"num_layers": 2, "num_single_layers": 3}
 SOURCE_SHARD = "1GB"
 RESULTS = Path(__file__).parent / "results" / "flux.json"
-VARIANTS = ("bf16", "fp8", "floor", "floor-half")
+VARIANTS = ("bf16", "fp8", "floor", "floor-half", "single", "single-eager")
+SINGLE_FILE = "flux1-dev.safetensors"
 _BLOCK_ELEMS = 64 << 20
 
 
@@ -54,6 +60,32 @@ def ensure_flux_model() -> Path:
     index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / ".layout").write_text(LAYOUT_VERSION)
+    tmp.rename(root)
+    return root
+
+
+def ensure_single_file(src: Path) -> Path:
+    """The source's transformer as one original-layout file beside a config folder (cached)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tests.rig.original_dit import flux_original
+
+    root = src.with_name(src.name + "-single")
+    if (root / SINGLE_FILE).is_file():
+        return root
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "transformer").mkdir(parents=True)
+    shutil.copy(src / "model_index.json", tmp / "model_index.json")
+    shutil.copy(src / "transformer" / "config.json", tmp / "transformer" / "config.json")
+    state: dict[str, torch.Tensor] = {}
+    with ExitStack() as stack:
+        for path in sorted((src / "transformer").glob("*.safetensors")):
+            handle = stack.enter_context(safe_open(str(path), framework="pt"))
+            state.update({name: handle.get_tensor(name) for name in handle.keys()})  # noqa: SIM118
+        save_file(flux_original(state), str(tmp / SINGLE_FILE), metadata={"format": "pt"})
     tmp.rename(root)
     return root
 
@@ -117,6 +149,24 @@ def _child(variant: str, src: Path, out: Path) -> dict[str, Any]:
             source_info={"kind": "path", "path": str(src)},
             verify=True,
         )
+    elif variant in ("single", "single-eager"):
+        from packager.convert import row_mapping
+        from packager.convert.converter import convert
+        from packager.convert.settings import ConvertSettings
+
+        if variant == "single-eager":
+            row_mapping.ROW_MAPPINGS = frozenset()
+        imported = time.perf_counter()
+        convert(
+            src,
+            ["model_index.json", "transformer/config.json"],
+            out,
+            name="bench",
+            settings=ConvertSettings(precision="auto"),
+            source_info={"kind": "file"},
+            verify=True,
+            checkpoint=src / SINGLE_FILE,
+        )
     elif variant in ("floor", "floor-half"):
         imported = time.perf_counter()
         out.mkdir(parents=True)
@@ -177,15 +227,16 @@ def main(argv: list[str]) -> int:
     _warm(src)
     os.sync()
     raw: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    single = ensure_single_file(src) if any(v.startswith("single") for v in variants) else src
     for i in range(args.runs):
         for variant in variants:
-            raw[variant].append(_run_once(variant, src, work))
+            raw[variant].append(_run_once(variant, single if variant.startswith("single") else src, work))
             print(f"  run {i + 1}/{args.runs} {variant}: {raw[variant][-1]['wall_s']:.2f} s", file=sys.stderr)
     keys = ("wall_s", "inner_s", "work_s", "peak_rss_mb", "peak_anon_mb", "out_bytes")
     table = {v: {k: statistics.median(r[k] for r in rs) for k in keys} for v, rs in raw.items()}
     source_bytes = sum(p.stat().st_size for p in (src / "transformer").glob("*.safetensors"))
     summary: dict[str, Any] = {}
-    for variant, floor in (("bf16", "floor"), ("fp8", "floor-half")):
+    for variant, floor in (("bf16", "floor"), ("fp8", "floor-half"), ("single", "floor")):
         if variant in table and floor in table:
             summary[f"{variant}_work_over_floor"] = table[variant]["work_s"] / table[floor]["work_s"]
     if "bf16" in table and "fp8" in table:

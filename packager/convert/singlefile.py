@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifact_format.vocab import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
-from packager.convert.row_mapping import ROW_MAPPINGS, map_rows, mapping_scale
+from packager.convert import row_mapping
 from packager.convert.tensor_reader import TensorSet, load_checkpoint_state
 from packager.errors import ConvertError
 
@@ -133,8 +133,9 @@ def _convert_diffusers(
     loadable: dict[str, Any] = SINGLE_FILE_LOADABLE_CLASSES
     mapping_fn = loadable[mapping_class]["checkpoint_mapping_fn"]
     if _should_convert_state_dict_to_diffusers(expected, checkpoint):
-        scale = mapping_scale(mapping_class, config) if mapping_class in ROW_MAPPINGS else None
-        lazy = None if scale is None else map_rows(mapping_fn, checkpoint, config, scale)
+        rows = mapping_class in row_mapping.ROW_MAPPINGS
+        scale = row_mapping.mapping_scale(mapping_class, config) if rows else None
+        lazy = None if scale is None else row_mapping.map_rows(mapping_fn, checkpoint, config, scale)
         try:
             # Some mapping functions pop keys: each component gets its own copy of the name table.
             converted = lazy if lazy is not None else mapping_fn(checkpoint=dict(checkpoint), config=config)
@@ -148,7 +149,7 @@ def _convert_diffusers(
     if not converted:
         return None
     extra = sorted(set(converted) - set(expected))
-    if mapping_class in ROW_MAPPINGS and extra:
+    if mapping_class in row_mapping.ROW_MAPPINGS and extra:
         # A transformer file maps to one model whole: a weight the config has no place for means
         # another variant (FLUX.1 dev's guidance embedder under a schnell config), never a leftover.
         raise ConvertError(
