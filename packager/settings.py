@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from volume_sync.s3 import CONNECT_TIMEOUT as CONNECT_TIMEOUT  # seconds to connect, for every request
+
 
 def hf_token() -> str | None:
     """The hub token, from HF_TOKEN (huggingface_hub's own variable). Never logged or stored."""
@@ -54,6 +56,16 @@ def network_timeout(configured: float = 60.0) -> float:
             file=sys.stderr,
         )
     return configured
+
+
+def stall_message(where: str, seconds: float, *, connecting: bool) -> str:
+    """The one line for a request to `where` (scheme://host:port) that timed out."""
+    if connecting:
+        return f"could not connect to {where} within {CONNECT_TIMEOUT:g} s: check the network and the URL"
+    return (
+        f"{where} accepted the connection but sent nothing for {seconds:g} s: check the network and "
+        "the URL (store.timeout or PACKAGER_TIMEOUT allow longer)"
+    )
 
 
 def docker_host() -> str | None:

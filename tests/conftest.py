@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.rig.fixtures_s3",
     "tests.rig.fixtures_runpod",
     "tests.rig.fixtures_docker",
+    "tests.rig.fixtures_net",
 ]
 
 # The worker's import trimming (worker_runtime/trim.py) hides peft and torch.distributed from

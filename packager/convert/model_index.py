@@ -1,9 +1,12 @@
-"""model_index.json for the artifact: dropped components, pipeline and scheduler overrides, each
-checked against diffusers before any weight is written."""
+"""model_index.json for the artifact: dropped components, pipeline and scheduler overrides, and the
+classes it names, each checked against the installed diffusers/transformers before any weight is
+written (a class the worker cannot import would otherwise fail only when a worker starts)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +47,10 @@ def plan_pipeline(index: dict[str, Any], settings: ConvertSettings) -> PipelineP
         source_scheduler[1] if isinstance(source_scheduler, list) and len(source_scheduler) == 2 else None
     )
     record: dict[str, Any] = {"class": source_class, "overridden": False}
-    if settings.pipeline or settings.drop:
-        # Costs a diffusers import (seconds), worth it: a bad drop would otherwise surface only
-        # when a worker fails to load the model.
-        _check_pipeline_components(pipeline, new_index, settings)
+    # Costs a diffusers import (seconds), worth it: a bad class or drop would otherwise surface
+    # only when a worker fails to load the model.
+    _check_pipeline_components(pipeline, new_index, settings)
+    check_component_classes(new_index, skip={"scheduler"} if settings.scheduler else set())
     if settings.scheduler:
         if source_class is None:
             raise ConvertError("scheduler: this pipeline has no scheduler component to replace")
@@ -81,6 +84,36 @@ def _check_pipeline_components(pipeline: str, index: dict[str, Any], settings: C
     missing = sorted(required - present - set(settings.drop))
     if missing and settings.pipeline:
         raise ConvertError(f"pipeline: {pipeline} needs components this model lacks: {', '.join(missing)}")
+
+
+def check_component_classes(index: dict[str, Any], skip: Collection[str] = ()) -> None:
+    """Every `component: [library, class]` of model_index.json names a class that exists where the
+    worker's diffusers looks for it: a diffusers pipeline module (`stable_diffusion`), else an
+    importable library (`diffusers`, `transformers`)."""
+    from diffusers import pipelines
+
+    for comp, value in sorted(index.items()):
+        if comp.startswith("_") or comp in skip or not isinstance(value, list) or value == [None, None]:
+            continue
+        if len(value) != 2 or not all(isinstance(v, str) for v in value):
+            raise ConvertError(
+                f"{MODEL_INDEX}: {comp}: expected [library, class], got {json.dumps(value)[:80]}"
+            )
+        library, class_name = value
+        top = "diffusers" if hasattr(pipelines, library) else library.split(".")[0]
+        try:
+            module = getattr(pipelines, library) if top == "diffusers" and library != "diffusers" else None
+            module = module or importlib.import_module(library)
+        except ImportError:
+            raise ConvertError(f"{MODEL_INDEX}: {comp}: library {library!r} is not installed") from None
+        # dir() of diffusers' and transformers' lazy modules lists every public name without
+        # importing each model's module (seconds, and warnings about optional backends).
+        if class_name not in dir(module):
+            version = getattr(importlib.import_module(top), "__version__", "")
+            raise ConvertError(
+                f"{MODEL_INDEX}: {comp}: class {library}.{class_name} does not exist in the installed "
+                f"{top} {version}".rstrip()
+            )
 
 
 def scheduler_override(src_config: dict[str, Any], class_name: str) -> bytes:

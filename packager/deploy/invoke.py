@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from packager.errors import DeployError, InvokeError
+from packager.settings import CONNECT_TIMEOUT, network_timeout, stall_message
 
 _T = TypeVar("_T")
 
@@ -30,8 +31,9 @@ _T = TypeVar("_T")
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
 # How often the status is asked for: RunPod's own clients poll about once a second.
 POLL_INTERVAL_S = 1.0
-# One status request may take this long before it counts as unanswered (the local API runs the job
-# inside the first status request, so that one is bounded by the job's deadline instead).
+# A status request may take at most this long (PACKAGER_TIMEOUT shortens it) before it counts as
+# unanswered; the local API runs the job inside the first status request, so that one is bounded by
+# the job's deadline instead.
 REQUEST_TIMEOUT_S = 30.0
 # A file's first bytes → the extension it is saved under.
 _MAGIC = (
@@ -97,20 +99,35 @@ class RemoteEndpoint:
         self.endpoint_id = endpoint_id
         self.where = f"endpoint {endpoint_id}"
         self._endpoint = runpod.Endpoint(endpoint_id, api_key=api_key)
+        self._timeout = network_timeout()
 
     def submit(self, job_input: dict[str, Any]) -> str:
-        return self._call(lambda: str(self._endpoint.run({"input": job_input}).job_id))
+        # The SDK's own client, as `Endpoint.run` uses it, with our time limits instead of its 10 s.
+        path = f"{self.endpoint_id}/run"
+        limits = (CONNECT_TIMEOUT, self._timeout)
+        answer = self._call(lambda: self._endpoint.rp_client.post(path, {"input": job_input}, timeout=limits))
+        job_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(job_id, str):
+            raise InvokeError(f"{self.where} answered /run without a job id: {json.dumps(answer)[:200]}")
+        return job_id
 
     def status(self, job_id: str, timeout_s: float) -> dict[str, Any]:
         path = f"{self.endpoint_id}/status/{job_id}"
-        timeout = max(1, math.ceil(min(timeout_s, REQUEST_TIMEOUT_S)))
-        return self._call(lambda: dict(self._endpoint.rp_client.get(path, timeout=timeout)))
+        limits = (CONNECT_TIMEOUT, max(1, math.ceil(min(timeout_s, REQUEST_TIMEOUT_S, self._timeout))))
+        return self._call(lambda: dict(self._endpoint.rp_client.get(path, timeout=limits)))
 
     def _call(self, send: Callable[[], _T]) -> _T:
         import requests
+        import runpod
 
         try:
             return send()
+        except requests.Timeout as exc:
+            where = str(runpod.endpoint_url_base).rstrip("/")
+            connecting = isinstance(exc, requests.ConnectTimeout)
+            raise InvokeError(
+                f"{self.where}: {stall_message(where, self._timeout, connecting=connecting)}"
+            ) from None
         except RuntimeError as exc:  # the SDK's answer to HTTP 401
             if "401" in str(exc):
                 raise InvokeError(
@@ -130,9 +147,10 @@ class LocalServer:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.where = self.url
+        self._timeout = network_timeout()
 
     def submit(self, job_input: dict[str, Any]) -> str:
-        answer = self._post("/run", {"input": job_input}, REQUEST_TIMEOUT_S)
+        answer = self._post("/run", {"input": job_input}, None)
         job_id = answer.get("id")
         if not isinstance(job_id, str):
             raise InvokeError(f"{self.url}/run answered without a job id: {json.dumps(answer)[:200]}")
@@ -141,12 +159,20 @@ class LocalServer:
     def status(self, job_id: str, timeout_s: float) -> dict[str, Any]:
         return self._post(f"/status/{job_id}", None, timeout_s)
 
-    def _post(self, path: str, body: Any, timeout_s: float) -> dict[str, Any]:
+    def _post(self, path: str, body: Any, timeout_s: float | None) -> dict[str, Any]:
+        """POST to the local API; `timeout_s` None: an ordinary request, bounded like any other;
+        otherwise a status request, which may run the job and counts as unanswered after it."""
         import requests
 
+        read = self._timeout if timeout_s is None else max(1.0, timeout_s)
         try:
-            resp = requests.post(self.url + path, json=body, timeout=max(1.0, timeout_s))
-        except requests.Timeout:
+            resp = requests.post(self.url + path, json=body, timeout=(CONNECT_TIMEOUT, read))
+        except requests.Timeout as exc:
+            if timeout_s is None or isinstance(exc, requests.ConnectTimeout):
+                connecting = isinstance(exc, requests.ConnectTimeout)
+                raise InvokeError(
+                    f"{self.url}{path}: {stall_message(self.url, read, connecting=connecting)}"
+                ) from None
             return {"status": "IN_PROGRESS"}
         except requests.RequestException as exc:
             raise InvokeError(

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from packager.errors import DeployError
+from packager.settings import CONNECT_TIMEOUT, network_timeout, stall_message
 
 Method = Literal["GET", "POST", "PATCH"]
 ENDPOINTS = "/v2/serverless"
 TEMPLATES = "/v2/templates"
-# A create or update is answered within seconds; a proxy that holds the connection longer is broken.
-TIMEOUT_S = 60
 _REJECTED = "RUNPOD_API_KEY was rejected by the RunPod API (401): check the key (Settings → API Keys)"
 
 
@@ -48,12 +47,17 @@ class Call:
 
 
 class RunPodREST:
-    """A session against one base URL with one key; every failure is one DeployError line."""
+    """A session against one base URL with one key; every failure is one DeployError line.
 
-    def __init__(self, api_key: str, base_url: str) -> None:
+    Each request has CONNECT_TIMEOUT seconds to connect and `timeout` (PACKAGER_TIMEOUT, else 60)
+    without an answer: a create or update is answered within seconds, so a proxy holding the
+    connection longer is broken."""
+
+    def __init__(self, api_key: str, base_url: str, timeout: float | None = None) -> None:
         import requests
 
         self.base_url = base_url.rstrip("/")
+        self.timeout = network_timeout() if timeout is None else timeout
         self._session = requests.Session()
         self._session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
 
@@ -100,7 +104,13 @@ class RunPodREST:
 
         url = self.base_url + call.path
         try:
-            answer = self._session.request(call.method, url, json=call.body, timeout=TIMEOUT_S)
+            answer = self._session.request(
+                call.method, url, json=call.body, timeout=(CONNECT_TIMEOUT, self.timeout)
+            )
+        except requests.Timeout as exc:
+            connecting = isinstance(exc, requests.ConnectTimeout)
+            stalled = stall_message(self.base_url, self.timeout, connecting=connecting)
+            raise DeployError(f"RunPod API: {stalled}") from None
         except requests.RequestException as exc:
             raise DeployError(f"cannot reach the RunPod API at {url}: {exc.__class__.__name__}") from None
         what = f"{call.method} {call.path}"

@@ -97,6 +97,28 @@ def _portable(record: dict[str, Any]) -> dict[str, Any]:
 def _convert(
     loaded: LoadedRecipe, lock: Lock, *, out_dir: Path | None, quiet: bool, verify: bool
 ) -> Artifact:
+    """Fetch and convert; a failure leaves no folder behind that this call made (an empty
+    `build/artifacts/<name>/` would look like an artifact that is on its way)."""
+    target_root = out_dir.parent if out_dir else artifact_dir(loaded.recipe.name, "x").parent
+    made = []
+    folder = target_root
+    while not folder.exists():
+        made.append(folder)
+        folder = folder.parent
+    try:
+        return _fetch_and_convert(loaded, lock, target_root, out_dir=out_dir, quiet=quiet, verify=verify)
+    except BaseException:
+        for folder in made:  # deepest first; stops at the first that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch_and_convert(
+    loaded: LoadedRecipe, lock: Lock, target_root: Path, *, out_dir: Path | None, quiet: bool, verify: bool
+) -> Artifact:
     from packager.convert.converter import convert
     from packager.convert.lora import LoraSpec
     from packager.convert.settings import ConvertSettings
@@ -107,7 +129,6 @@ def _convert(
 
     recipe = loaded.recipe
     source_bytes = sum(int(e["size"]) for e in lock.files.values())
-    target_root = out_dir.parent if out_dir else artifact_dir(recipe.name, "x").parent
     target_root.mkdir(parents=True, exist_ok=True)
     # fp32 → fp16 halves the bytes, but an fp16 source copied as-is (or fp32 kept) does not.
     require_free(target_root, source_bytes, "convert")

@@ -183,10 +183,14 @@ def git_blob_sha1(path: Path) -> str:
 
 @contextmanager
 def publish_errors(repo: str, token_env: str) -> Iterator[None]:
-    """huggingface_hub's failures as one-line PublishErrors; our own words, so no token leaks."""
+    """huggingface_hub's failures as one-line PublishErrors; our own words, so no token leaks.
+    Every request in the block is bounded (packager.source.timeouts)."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    from packager.source.timeouts import Stalled, bound_hub_client
+
+    bound_hub_client()
     try:
         yield
     except RepositoryNotFoundError:
@@ -208,6 +212,8 @@ def publish_errors(repo: str, token_env: str) -> Iterator[None]:
                 f"hub repo {repo!r}: {BRANCH} moved while publishing (someone else pushed): publish again"
             ) from None
         raise PublishError(f"hub repo {repo!r}: the hub answered HTTP {status}: retry later") from None
+    except Stalled as exc:
+        raise PublishError(f"hub repo {repo!r}: {exc}") from None
     except (httpx2.TransportError, ConnectionError) as exc:
         raise PublishError(
             f"cannot reach the hub for {repo!r} ({type(exc).__name__}): check HF_ENDPOINT"

@@ -12,8 +12,9 @@ of local files whose size or mtime moved since they were locked.
 
 from __future__ import annotations
 
+from packager.errors import PackagerError
 from packager.source.inputs import Fetched, check_relpath, input_for
-from packager.source.lock import Lock
+from packager.source.lock import Lock, lock_fetched, unwrite_lock
 from packager.source.recipe import LoadedRecipe
 
 
@@ -26,8 +27,14 @@ def fetch(loaded: LoadedRecipe, lock: Lock, *, quiet: bool) -> Fetched:
     the same commit); only `files` belong to this recipe.
 
     Raises HubError (hub unreachable, gated, ...) or FetchError (a file is unsafe, missing, or does
-    not match the lock).
+    not match the lock). Then a lock this process wrote is taken back: it pins nothing that arrived.
     """
-    for rel in lock.files:
-        check_relpath(rel, "")
-    return input_for(loaded).fetch(lock, quiet=quiet)
+    try:
+        for rel in lock.files:
+            check_relpath(rel, "")
+        fetched = input_for(loaded).fetch(lock, quiet=quiet)
+    except PackagerError:
+        unwrite_lock(loaded)
+        raise
+    lock_fetched(loaded)
+    return fetched

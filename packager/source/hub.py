@@ -196,7 +196,11 @@ def hub_errors(repo: str | None, revision: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub's failures into one-line HubErrors that say what to do.
 
     The token is never part of a message: we write our own text rather than passing theirs on.
+    Every request in the block is bounded (timeouts.py).
     """
+    from packager.source import timeouts
+
+    timeouts.bound_hub_client()
     try:
         yield
     except Exception as exc:
@@ -219,6 +223,8 @@ def _explain(exc: Exception, what: str, repo: str | None, revision: str | None) 
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    from packager.source import timeouts
 
     has_token = settings.hf_token() is not None
     unreachable = f"cannot reach the hub at {endpoint()} for {what}"
@@ -256,6 +262,7 @@ def _explain(exc: Exception, what: str, repo: str | None, revision: str | None) 
         # huggingface_hub's answer when the hub cannot be reached and the cache lacks the files.
         (LocalEntryNotFoundError, lambda: f"{unreachable} (check the network or HF_ENDPOINT)"),
         (HfHubHTTPError, lambda: _http_message(exc, what)),
+        (timeouts.Stalled, lambda: f"{what}: {exc}"),
         (
             (httpx2.TransportError, ConnectionError),
             lambda: f"{unreachable} ({type(exc).__name__}): check the network or HF_ENDPOINT",

@@ -100,6 +100,11 @@ def input_for(loaded: LoadedRecipe) -> Input:
 
     source = loaded.recipe.source
     drop = tuple(loaded.recipe.components.drop)
+    if source.path is None:  # every other kind reaches the hub or a URL
+        from packager.settings import network_timeout
+        from packager.source import timeouts
+
+        timeouts.set_limit(network_timeout(loaded.recipe.store.timeout))
     if source.repo is not None:
         return HubRepo(source.repo, source.revision, source.variant, drop)
     if source.path is not None:

@@ -38,6 +38,10 @@ from packager.source.recipe_sections import HUB_REPO_RE
 
 LOCK_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Locks this process wrote before their files were fetched, with the text they replaced (None: there
+# was no lock). A lock pins a source only once its files arrived and matched: a failed fetch puts
+# back what was there (see `fetch.fetch`); a later converter failure keeps the pin.
+_unfetched: dict[Path, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,11 @@ def write_lock(loaded: LoadedRecipe, lock: Lock) -> None:
         if secret in text:
             raise LockError(f"{loaded.lock_path}: refusing to write a lock that contains a secret value")
     path = loaded.lock_path
+    if path not in _unfetched:
+        try:
+            _unfetched[path] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            _unfetched[path] = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -211,6 +220,27 @@ def write_lock(loaded: LoadedRecipe, lock: Lock) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def lock_fetched(loaded: LoadedRecipe) -> None:
+    """The lock's files were fetched and matched it: the lock stays whatever happens next."""
+    _unfetched.pop(loaded.lock_path, None)
+
+
+def unwrite_lock(loaded: LoadedRecipe) -> None:
+    """Put back the lock this process replaced (or remove the one it created) before a fetch failed."""
+    path = loaded.lock_path
+    if path not in _unfetched:
+        return
+    before = _unfetched.pop(path)
+    if before is None:
+        path.unlink(missing_ok=True)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(before)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def record_artifact_id(loaded: LoadedRecipe, lock: Lock, artifact_id: str) -> Lock:

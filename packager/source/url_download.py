@@ -81,6 +81,9 @@ def download(
     from huggingface_hub.utils import get_session
     from huggingface_hub.utils import tqdm as hf_tqdm
 
+    from packager.source.timeouts import Stalled, bound_hub_client
+
+    bound_hub_client()
     cache.mkdir(parents=True, exist_ok=True)
     partial, offset = partial_of(cache, url)
     resp, final_url = _open(get_session(), url, headers, offset)
@@ -110,6 +113,8 @@ def download(
                     digest.update(chunk)
                     size += len(chunk)
                     bar.update(len(chunk))
+            except Stalled as exc:
+                raise FetchError(f"{url}: {exc}; run again to resume") from None
             except Exception as exc:
                 if not _transport_error(exc):
                     raise
@@ -155,13 +160,18 @@ def _open(session: Any, url: str, headers: Mapping[str, str], offset: int) -> tu
     """GET `url`, following redirects by hand so that `headers` reach `url`'s origin only."""
     import httpx2
 
+    from packager.source.timeouts import Stalled
+
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         sent = dict(headers) if same_origin(current, url) else {}
         if offset:
             sent["Range"] = f"bytes={offset}-"
         try:
-            resp = session.send(session.build_request("GET", current, headers=sent, timeout=60), stream=True)
+            # The session bounds the wait: timeouts.BoundedClient.
+            resp = session.send(session.build_request("GET", current, headers=sent), stream=True)
+        except Stalled as exc:
+            raise FetchError(f"cannot download {url}: {exc}") from None
         except httpx2.TransportError as exc:
             raise FetchError(
                 f"cannot download {url} ({type(exc).__name__}): check the network and the URL"
