@@ -236,3 +236,23 @@ def test_long_secret_values_are_still_caught(tmp_path: Path, monkeypatch: pytest
     lock = Lock(1, "m", {"kind": "hub", "repo": "org/model", "note": "hf_" + "a" * 34}, {}, {}, "f" * 64)
     with pytest.raises(Exception, match="contains a secret value"):
         write_lock(loaded, lock)
+
+
+@pytest.mark.parametrize("target", ["loop", "a/model"], ids=["self-link", "two-links"])
+def test_a_symlink_loop_in_source_path_is_one_line(tmp_path: Path, target: str) -> None:
+    from tests.rig.cli import run_packager
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: m\nsource: {{path: ./{target}}}\n")
+
+    for command in ("validate", "lock"):
+        proc = run_packager(command, str(recipe), cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        named = "source.path: " if command == "lock" else f"source.path: './{target}' is a symlink loop"
+        assert named in proc.stderr
+    assert not recipe.with_suffix(".lock").exists()

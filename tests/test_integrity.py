@@ -227,3 +227,49 @@ def test_pull_to_a_destination_that_cannot_be_written_is_one_line(artifact, tmp_
         store.download("demo", artifact.id, tmp_path / "blocker" / "pulled", progress=False)
     assert "cannot write the pulled artifact" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_pull_to_a_read_only_destination_is_one_line_and_deletes_nothing(artifact, tmp_path: Path) -> None:
+    from tests.rig.slowfs import mounted
+
+    store = open_store_uri(str(tmp_path / "store"))
+    store.upload(artifact, progress=False)
+    served = tmp_path / "served"
+    (served / "mount-point").mkdir(parents=True)
+    (served / "other.txt").write_text("kept")
+
+    with mounted(served, tmp_path / "read-only") as volume:
+        for dest in (volume / "mount-point", volume / "models" / "pulled"):
+            with pytest.raises(StoreError) as err:
+                store.download("demo", artifact.id, dest, progress=False)
+            assert "\n" not in str(err.value)
+            assert "cannot write the pulled artifact (Read-only file system)" in str(err.value)
+        assert (volume / "mount-point").is_dir(), "the empty destination is still there"
+
+    assert sorted(p.name for p in served.iterdir()) == ["mount-point", "other.txt"]
+    assert list((served / "mount-point").iterdir()) == []
+
+
+def test_a_failed_pull_leaves_no_stale_partial_after_the_next_run(artifact, tmp_path: Path) -> None:
+    store = open_store_uri(str(tmp_path / "store"))
+    store.upload(artifact, progress=False)
+    flip_one_byte(tmp_path / "store" / "demo" / artifact.id / BAD)
+    dest = tmp_path / "pulled"
+
+    with pytest.raises(VerifyError, match=rf"{BAD}: sha256"):
+        store.download("demo", artifact.id, dest, progress=False)
+    staging = tmp_path / ".pulled.partial"
+    assert staging.is_dir(), "the verified files stay staged for the next try"
+    assert store.verify_remote("demo", artifact.id, artifact.manifest, progress=False) == [BAD]
+    store.upload(artifact, progress=False)
+    store.download("demo", artifact.id, dest, progress=False)
+    assert not staging.exists()
+
+    # A pull killed after its last rename leaves staging beside or inside a complete copy.
+    (staging / "vae").mkdir(parents=True)
+    (dest / ".partial").mkdir()
+    again = store.download("demo", artifact.id, dest, progress=False)
+    assert again.skipped_whole
+    assert not staging.exists()
+    assert not (dest / ".partial").exists()
+    mf.check(dest, full_hash=True)

@@ -380,6 +380,32 @@ def test_prune_keeps_the_newest_and_never_a_protected_or_locked_one(tmp_path: Pa
     assert sorted(p.name for p in (mount / "models" / "demo").iterdir()) == sorted([newest, "f" * 64])
 
 
+def test_prune_removes_what_failed_pulls_left_unless_a_pull_holds_it(tmp_path: Path, mount: Path) -> None:
+    store = tmp_path / "store"
+    kept = seed_local(mount, store, "demo", 1)
+    model = mount / "models" / "demo"
+    failed, running, pruned = "a" * 64, "b" * 64, "c" * 64
+    for leftover in (f".{failed}.partial/unet", f".{running}.partial/vae", f".{pruned}.deleting4242/vae"):
+        (model / leftover).mkdir(parents=True)
+        (model / leftover / "w.safetensors").write_bytes(b"\0" * 1024)
+    live = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    lock_path(mount, "demo", running).write_text(json.dumps(live))
+
+    dry = volume_sync("prune", "--keep", "1", "--mount", str(mount), "--dry-run")
+    assert f"would remove  demo/.{failed}.partial" in dry.stdout
+    assert (model / f".{failed}.partial").exists()
+    done = volume_sync("prune", "--keep", "1", "--mount", str(mount))
+
+    assert done.returncode == 0, done.stderr
+    assert f"remove        demo/.{failed}.partial (left by a failed pull or prune)" in done.stdout
+    assert f"remove        demo/.{pruned}.deleting4242 (left by a failed pull or prune)" in done.stdout
+    assert "removed 2" in done.stderr
+    left = sorted(p.name for p in model.iterdir())
+    assert left == sorted([kept, f".{running}.lock", f".{running}.partial"]), (
+        "a pull in progress keeps its staging"
+    )
+
+
 def test_prune_usage_errors_exit_2(mount: Path) -> None:
     assert volume_sync("prune", "--mount", str(mount)).returncode == 2
     bad = volume_sync("prune", "--keep", "1", "--protect", "abc", "--mount", str(mount))

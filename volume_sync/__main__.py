@@ -126,9 +126,10 @@ def _verify(mount: str) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
-    from volume_sync.prune import plan_prune, remove_artifact
+    from volume_sync.prune import plan_prune, remove_artifact, stale_staging
 
     if not Path(args.mount).is_dir():
         _error(f"{args.mount}: no such directory (is the network volume mounted? see --mount)")
@@ -141,6 +142,12 @@ def _prune(args: argparse.Namespace) -> int:
             removed += 1
         shown = "would remove" if (d.action == "remove" and args.dry_run) else d.action
         print(f"{shown:<12}  {d.name}/{d.artifact_id}")
+    for model, leftover in stale_staging(args.mount, args.name):
+        if not args.dry_run:
+            shutil.rmtree(leftover, ignore_errors=True)
+        removed += 1
+        shown = "would remove" if args.dry_run else "remove"
+        print(f"{shown:<12}  {model}/{leftover.name} (left by a failed pull or prune)")
     print(f"{'would remove' if args.dry_run else 'removed'} {removed}", file=sys.stderr)
     return EXIT_OK
 

@@ -239,6 +239,12 @@ def staging_dir(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.partial"
 
 
+def leftover_staging(dest: Path) -> list[Path]:
+    """Staging folders an interrupted fetch into `dest` left, once `dest` is complete: beside it,
+    or inside it when it was filled in place (killed between the manifest's rename and the rmdir)."""
+    return [p for p in (dest.parent / f".{dest.name}.partial", dest / STAGING_NAME) if p.is_dir()]
+
+
 def is_empty_destination(dest: Path) -> bool:
     """An existing folder holding nothing but an earlier fetch's staging folder."""
     return dest.is_dir() and all(child.name == STAGING_NAME for child in dest.iterdir())

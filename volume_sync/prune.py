@@ -58,6 +58,28 @@ def plan_prune(
     return decisions
 
 
+def stale_staging(
+    mount: str | os.PathLike[str], name: str | None = None, lock_stale_s: float = DEFAULT_LOCK_STALE_S
+) -> list[tuple[str, Path]]:
+    """(model, folder) of what failed pulls and prunes left on the volume: `.<id>.partial` staging
+    that no live pull holds the lock of, and `.<id>.deleting<pid>` folders of an interrupted prune."""
+    models = Path(mount) / mf.VOLUME_MODELS_DIR
+    found = []
+    for model in sorted(models.iterdir()) if models.is_dir() else []:
+        if not model.is_dir() or model.name.startswith(".") or name not in (None, model.name):
+            continue
+        for path in sorted(model.glob(".*")):
+            artifact_id = path.name[1:].split(".", 1)[0]
+            if not (path.is_dir() and mf.is_artifact_id(artifact_id)):
+                continue
+            staging = path.name == f".{artifact_id}.partial"
+            if staging and is_held(lock_path(mount, model.name, artifact_id), lock_stale_s):
+                continue
+            if staging or path.name.startswith(f".{artifact_id}.deleting"):
+                found.append((model.name, path))
+    return found
+
+
 def remove_artifact(mount: str | os.PathLike[str], name: str, artifact_id: str) -> None:
     """Un-ready the artifact, move it aside (one rename), then delete it."""
     path = mf.volume_path(mount, name, artifact_id)

@@ -343,13 +343,23 @@ def dump_normalised(loaded: LoadedRecipe) -> dict[str, Any]:
     src = data["source"]
     for key in ("path", "file"):
         if src.get(key):
-            src[key] = str(loaded.resolve(src[key]).resolve())
-    for lora in data["loras"]:
+            src[key] = _absolute(loaded, src[key], f"source.{key}")
+    for i, lora in enumerate(data["loras"]):
         if lora.get("path"):
-            lora["path"] = str(loaded.resolve(lora["path"]).resolve())
+            lora["path"] = _absolute(loaded, lora["path"], f"loras.{i}.path")
     if src.get("config") and not _looks_like_repo_id(src["config"], loaded):
-        src["config"] = str(loaded.resolve(src["config"]).resolve())
+        src["config"] = _absolute(loaded, src["config"], "source.config")
     return {k: v for k, v in data.items()}
+
+
+def _absolute(loaded: LoadedRecipe, value: str, field: str) -> str:
+    """The recipe's path made absolute, symlinks followed; a symlink loop is the recipe's error."""
+    try:
+        return str(loaded.resolve(value).resolve())
+    except (RuntimeError, OSError):  # Python 3.11 reports a loop as RuntimeError, 3.13 as OSError
+        raise RecipeError(
+            f"{loaded.path}: {field}: {edges.clip(value, 80)} is a symlink loop (or cannot be read)"
+        ) from None
 
 
 def _looks_like_repo_id(value: str, loaded: LoadedRecipe) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def download_verified(
                 raise VerifyError(
                     f"{dest}: holds artifact {short_id(artifact_id)} but {exc}; remove it and pull again"
                 ) from None
+            for leftover in fetch.leftover_staging(dest):
+                shutil.rmtree(leftover, ignore_errors=True)
             return TransferResult(str(dest), 0, len(manifest.files), 0, skipped_whole=True)
         if not fetch.is_empty_destination(dest):
             raise StoreError(
