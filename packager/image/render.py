@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from artifact_format import manifest as mf
@@ -38,6 +38,7 @@ from packager.image.context import (
 from packager.image.weights import (
     WEIGHTS_CONTEXT,
     WeightsContext,
+    WeightsImage,
     WeightsPlan,
     weights_digest,
     write_weights_context,
@@ -79,16 +80,14 @@ LABEL_LAYERS = "packager.layers"
 
 
 @dataclass(frozen=True)
-class RenderResult:
-    """A build context on disk and what a build needs to know about it.
+class ImageSpec:
+    """What a plan decides and a rendered context keeps: the image's name, inputs and layers.
 
     `layer_steps` names what each layer-adding instruction holds, in order ("requirements",
     "pip install", "weights unet/diffusion_pytorch_model.safetensors", "small files", "manifest",
     "code", "compile"): the top `len(layer_steps)` layers of the built image, one each.
     """
 
-    context_dir: Path
-    dockerfile: Path
     mode: Mode
     tag: str
     base_image: str
@@ -97,6 +96,14 @@ class RenderResult:
     labels: dict[str, str]
     layer_steps: tuple[str, ...]
     large_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RenderResult(ImageSpec):
+    """A build context on disk and what a build needs to know about it."""
+
+    context_dir: Path
+    dockerfile: Path
     linked: int
     copied: int
 
@@ -113,20 +120,12 @@ class RenderResult:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(ImageSpec):
     """The Dockerfile text and everything derived from the inputs, before anything is written."""
 
-    mode: Mode
     text: str
     requirements: str
-    tag: str
-    base_image: str
-    build_args: dict[str, str]
-    env: dict[str, str]
-    labels: dict[str, str]
-    large_files: tuple[str, ...]
     small_files: tuple[str, ...]
-    layer_steps: tuple[str, ...]
     weights: WeightsPlan | None = None
 
 
@@ -419,27 +418,22 @@ def render(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    weights = None
+    if p.weights is not None:
+        folder = target / WEIGHTS_CONTEXT
+        weights = WeightsContext(
+            **fields_of(p.weights, WeightsImage), context_dir=folder, dockerfile=folder / "Dockerfile"
+        )
     return RenderResult(
+        **fields_of(p, ImageSpec),
         context_dir=target,
         dockerfile=target / "Dockerfile",
-        mode=mode,
-        tag=p.tag,
-        base_image=p.base_image,
-        build_args=p.build_args,
-        env=p.env,
-        labels=p.labels,
-        layer_steps=p.layer_steps,
-        large_files=p.large_files,
         linked=linked,
         copied=copied,
-        weights=None
-        if p.weights is None
-        else WeightsContext(
-            context_dir=target / WEIGHTS_CONTEXT,
-            dockerfile=target / WEIGHTS_CONTEXT / "Dockerfile",
-            tag=p.weights.tag,
-            digest=p.weights.digest,
-            labels=p.weights.labels,
-            layer_steps=p.weights.layer_steps,
-        ),
+        weights=weights,
     )
+
+
+def fields_of(value: object, part: type) -> dict[str, Any]:
+    """The fields `value` has from its dataclass base `part`, to carry a plan into what is made of it."""
+    return {f.name: getattr(value, f.name) for f in fields(part)}

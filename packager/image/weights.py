@@ -24,11 +24,9 @@ WEIGHTS_CONTEXT = "weights-image"
 
 
 @dataclass(frozen=True)
-class WeightsContext:
-    """The weights image's context (`weights-image/` inside the worker's), its tag and labels."""
+class WeightsImage:
+    """What names the weights image and finds it again: its tag, digest, labels and layers."""
 
-    context_dir: Path
-    dockerfile: Path
     tag: str
     digest: str
     labels: dict[str, str]
@@ -36,14 +34,18 @@ class WeightsContext:
 
 
 @dataclass(frozen=True)
-class WeightsPlan:
+class WeightsPlan(WeightsImage):
     """The weights image's Dockerfile and what names it, before anything is written."""
 
     text: str
-    tag: str
-    digest: str
-    labels: dict[str, str]
-    layer_steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WeightsContext(WeightsImage):
+    """The weights image's context (`weights-image/` inside the worker's), its tag and labels."""
+
+    context_dir: Path
+    dockerfile: Path
 
 
 def weights_digest(
