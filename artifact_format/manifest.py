@@ -261,15 +261,21 @@ def artifact_id_of(artifact_dir: str | os.PathLike[str]) -> str:
 def write(manifest: Manifest, artifact_dir: str | os.PathLike[str]) -> str:
     """Write manifest.json atomically (temp file + rename) and return the artifact id."""
     data = manifest.to_bytes()
-    target = Path(artifact_dir) / MANIFEST_NAME
-    tmp = target.with_name(f".{MANIFEST_NAME}.tmp{os.getpid()}")
+    write_atomic(Path(artifact_dir) / MANIFEST_NAME, data, mode=0o644)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
+    """Write `path` whole or not at all: a synced temp file beside it, renamed over it."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.replace(tmp, target)
-    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -309,7 +309,7 @@ def fetch_artifact(
             fetched += entry.size
             if on_file:
                 on_file(entry)
-    _write_bytes(staging / mf.MANIFEST_NAME, data)
+    mf.write_atomic(staging / mf.MANIFEST_NAME, data)
     if before_commit:
         before_commit()
     if staging.parent == dest:
@@ -341,15 +341,6 @@ def _resume(staging: Path, manifest: mf.Manifest) -> tuple[list[mf.FileEntry], i
         if path.is_file() and rel not in wanted:
             path.unlink()
     return todo, kept
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:

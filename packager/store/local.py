@@ -18,7 +18,6 @@ from packager.store.transfer import (
     local_manifest_bytes,
     progress_bar,
     read_stored_manifest,
-    write_atomic,
 )
 from volume_sync import fetch
 
@@ -71,7 +70,7 @@ class LocalStore:
                     shutil.copyfile(artifact.dir / entry.path, tmp)
                     os.replace(tmp, target)
                     bar.update(entry.size)
-            write_atomic(final / mf.MANIFEST_NAME, manifest_bytes)
+            mf.write_atomic(final / mf.MANIFEST_NAME, manifest_bytes)
         except OSError as exc:
             raise StoreError(
                 f"{exc.filename or self.root}: cannot write to the store ({exc.strerror})"

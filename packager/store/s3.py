@@ -11,16 +11,8 @@ from artifact_format import manifest as mf
 from packager.convert.artifact import Artifact
 from packager.errors import PackagerError
 from packager.store import client as s3
-from packager.store.transfer import (
-    TransferResult,
-    TransferSettings,
-    bad_stored_files,
-    download_verified,
-    hash_before_sending,
-    local_manifest_bytes,
-    progress_bar,
-    read_stored_manifest,
-)
+from packager.store import transfer
+from packager.store.transfer import TransferResult, TransferSettings
 from volume_sync import fetch
 
 
@@ -119,10 +111,12 @@ class S3Store:
         )
 
     def download(self, name: str, artifact_id: str, dest: Path, *, progress: bool) -> TransferResult:
-        return download_verified(self._source(name, artifact_id), name, artifact_id, Path(dest), progress)
+        return transfer.download_verified(
+            self._source(name, artifact_id), name, artifact_id, Path(dest), progress
+        )
 
     def read_manifest(self, name: str, artifact_id: str) -> mf.Manifest | None:
-        return read_stored_manifest(self._source(name, artifact_id), artifact_id)
+        return transfer.read_stored_manifest(self._source(name, artifact_id), artifact_id)
 
     def verify_remote(
         self, name: str, artifact_id: str, manifest: mf.Manifest, *, progress: bool
@@ -131,7 +125,7 @@ class S3Store:
         artifact so the next upload sends them again). Returns the bad paths."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bad = bad_stored_files(self._source(name, artifact_id), manifest, progress)
+        bad = transfer.bad_stored_files(self._source(name, artifact_id), manifest, progress)
         if bad:
             prefix = self.key_prefix(name, artifact_id)
             try:
@@ -204,7 +198,7 @@ def put_artifact(
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    manifest_bytes = local_manifest_bytes(artifact)
+    manifest_bytes = transfer.local_manifest_bytes(artifact)
     doing = f"uploading to s3://{bucket}/{key_prefix}"
     try:
         abort_uploads(client, bucket, key_prefix)
@@ -212,8 +206,8 @@ def put_artifact(
         present = _present(client, bucket, key_prefix, wanted, probe)
         files = [e for e in wanted if not _same(client, bucket, key_prefix + e.path, e, present, trust_size)]
         total = sum(e.size for e in files)
-        hash_before_sending(artifact.dir, files, artifact.name, progress)
-        with progress_bar(total, f"upload {artifact.name}", progress) as bar:
+        transfer.hash_before_sending(artifact.dir, files, artifact.name, progress)
+        with transfer.progress_bar(total, f"upload {artifact.name}", progress) as bar:
             _upload_files(client, bucket, key_prefix, artifact.dir, files, settings, bar.update)
         # Last, and only once every file is in: the commit marker.
         client.put_object(

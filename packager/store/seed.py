@@ -18,7 +18,7 @@ The volume is the bucket (`volume.id`) at its datacenter's endpoint (`volume.dat
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from artifact_format import manifest as mf
@@ -27,7 +27,7 @@ from packager.errors import VolumeError
 from packager.source.recipe import LoadedRecipe
 from packager.store import client as s3
 from packager.store.s3 import put_artifact
-from packager.store.transfer import TransferSettings
+from packager.store.transfer import AsJson, TransferSettings
 
 # The profile that holds the RunPod S3 API key, when the user keeps it apart from their AWS keys.
 RUNPOD_PROFILE = "runpod"
@@ -39,7 +39,7 @@ VOLUME_ENDPOINT_HINT = "volume.datacenter or volume.endpoint_url in the recipe"
 
 
 @dataclass(frozen=True)
-class SeedResult:
+class SeedResult(AsJson):
     volume_id: str
     endpoint_url: str
     key_prefix: str
@@ -48,9 +48,6 @@ class SeedResult:
     files_skipped: int
     bytes_sent: int
     skipped_whole: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

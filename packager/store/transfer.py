@@ -4,9 +4,8 @@ transfer, the transfer settings, and the verified download every store's pull go
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,21 @@ MiB = 1024 * 1024
 HASH_CHUNK = 4 * MiB
 
 
+class AsJson:
+    """For the result dataclasses that `--json` prints: every field, in the order declared."""
+
+    def to_json(self) -> dict[str, Any]:
+        assert is_dataclass(self)
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class TransferResult:
+class TransferResult(AsJson):
     uri: str
     files_sent: int
     files_skipped: int
     bytes_sent: int
     skipped_whole: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -187,12 +191,3 @@ def progress_bar(total: int, desc: str, progress: bool) -> Any:
         disable=not progress,
         leave=False,
     )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
