@@ -27,14 +27,21 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.convert import _AnonSampler, _status_kb, _warm
+from bench.convert import (
+    convert_folder,
+    copy_floor,
+    measured,
+    parse_or_run_child,
+    run_interleaved,
+    save_and_print,
+    work_dir,
+)
 from packager.settings import build_dir
 
 NAME = "flux-shaped-2x3-bf16"
@@ -45,6 +52,13 @@ RESULTS = Path(__file__).parent / "results" / "flux.json"
 VARIANTS = ("bf16", "fp8", "floor", "floor-half", "single", "single-eager")
 SINGLE_FILE = "flux1-dev.safetensors"
 _BLOCK_ELEMS = 64 << 20
+# The printed table: (header, width, format of the medians) a column.
+COLUMNS = (
+    ("wall s", 7, "{wall_s:.2f}"),
+    ("work s", 7, "{work_s:.2f}"),
+    ("peak anon MB", 13, "{peak_anon_mb:.0f}"),
+    ("out GB", 7, "{out_gb:.2f}"),
+)
 
 
 def ensure_flux_model() -> Path:
@@ -128,84 +142,41 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _child(variant: str, src: Path, out: Path) -> dict[str, Any]:
-    sampler = _AnonSampler()
-    start = time.perf_counter()
+    shards = sorted((src / "transformer").glob("*.safetensors"))
     if variant in ("bf16", "fp8"):
-        import torch  # noqa: F401  (imported by convert() anyway: timed apart)
-
-        from packager.convert.converter import convert
-        from packager.convert.settings import ConvertSettings
-
-        imported = time.perf_counter()
-        files = sorted(
-            p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and p.name != ".layout"
-        )
-        convert(
-            src,
-            files,
-            out,
-            name="bench",
-            settings=ConvertSettings(precision="auto" if variant == "bf16" else "fp8"),
-            source_info={"kind": "path", "path": str(src)},
-            verify=True,
+        result = measured(
+            lambda: convert_folder(src, out, "auto" if variant == "bf16" else "fp8", verify=True)
         )
     elif variant in ("single", "single-eager"):
-        from packager.convert import row_mapping
-        from packager.convert.converter import convert
-        from packager.convert.settings import ConvertSettings
-
-        if variant == "single-eager":
-            row_mapping.ROW_MAPPINGS = frozenset()
-        imported = time.perf_counter()
-        convert(
-            src,
-            ["model_index.json", "transformer/config.json"],
-            out,
-            name="bench",
-            settings=ConvertSettings(precision="auto"),
-            source_info={"kind": "file"},
-            verify=True,
-            checkpoint=src / SINGLE_FILE,
-        )
+        result = measured(lambda: _convert_single(src, out, eager=variant == "single-eager"))
     elif variant in ("floor", "floor-half"):
-        imported = time.perf_counter()
-        out.mkdir(parents=True)
-        buf = bytearray(8 << 20)
-        view = memoryview(buf)
-        for path in sorted((src / "transformer").glob("*.safetensors")):
-            with open(path, "rb", buffering=0) as fh, open(out / path.name, "wb", buffering=0) as dst:
-                while n := fh.readinto(buf):
-                    dst.write(view[: n // 2] if variant == "floor-half" else view[:n])
+        result = measured(lambda: copy_floor(shards, out, half=variant == "floor-half"))
     else:
         raise SystemExit(f"unknown variant {variant}")
-    end = time.perf_counter()
-    return {
-        "inner_s": end - start,
-        "work_s": end - imported,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024,
-        "peak_anon_mb": sampler.stop() / 1024,
-        "out_bytes": sum(p.stat().st_size for p in out.rglob("*.safetensors")),
-    }
-
-
-def _run_once(variant: str, src: Path, work: Path) -> dict[str, Any]:
-    out = work / f"out-{variant}"
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.flux", "--child", variant, str(src), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = wall
-    shutil.rmtree(out, ignore_errors=True)
-    os.sync()
+    result["out_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     return result
+
+
+def _convert_single(src: Path, out: Path, *, eager: bool) -> float:
+    """Convert the single-file transformer; `eager` maps the tensors themselves, as diffusers does."""
+    from packager.convert import row_mapping
+    from packager.convert.converter import convert
+    from packager.convert.settings import ConvertSettings
+
+    if eager:
+        row_mapping.ROW_MAPPINGS = frozenset()
+    imported = time.perf_counter()
+    convert(
+        src,
+        ["model_index.json", "transformer/config.json"],
+        out,
+        name="bench",
+        settings=ConvertSettings(precision="auto"),
+        source_info={"kind": "file"},
+        verify=True,
+        checkpoint=src / SINGLE_FILE,
+    )
+    return imported
 
 
 def main(argv: list[str]) -> int:
@@ -213,25 +184,14 @@ def main(argv: list[str]) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "SRC", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        variant, src, out = args.child
-        print(json.dumps(_child(variant, Path(src), Path(out))))
+    args, variants = parse_or_run_child(parser, argv, VARIANTS, _child)
+    if args is None:
         return 0
     src = ensure_flux_model()
-    work = build_dir().resolve() / "bench" / "flux-work"
-    work.mkdir(parents=True, exist_ok=True)
-    variants = [v for v in args.variants.split(",") if v]
-    _warm(src)
-    os.sync()
-    raw: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    work = work_dir("flux-work")
     single = ensure_single_file(src) if any(v.startswith("single") for v in variants) else src
-    for i in range(args.runs):
-        for variant in variants:
-            raw[variant].append(_run_once(variant, single if variant.startswith("single") else src, work))
-            print(f"  run {i + 1}/{args.runs} {variant}: {raw[variant][-1]['wall_s']:.2f} s", file=sys.stderr)
+    sources = {v: single for v in variants if v.startswith("single")}
+    raw = run_interleaved("bench.flux", variants, args.runs, src, work, sources)
     keys = ("wall_s", "inner_s", "work_s", "peak_rss_mb", "peak_anon_mb", "out_bytes")
     table = {v: {k: statistics.median(r[k] for r in rs) for k in keys} for v, rs in raw.items()}
     source_bytes = sum(p.stat().st_size for p in (src / "transformer").glob("*.safetensors"))
@@ -252,17 +212,8 @@ def main(argv: list[str]) -> int:
         "summary": summary,
         "raw": raw,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"{'variant':<11} {'wall s':>7} {'work s':>7} {'peak anon MB':>13} {'out GB':>7}")
-    for v, row in table.items():
-        print(
-            f"{v:<11} {row['wall_s']:>7.2f} {row['work_s']:>7.2f} {row['peak_anon_mb']:>13.0f} "
-            f"{row['out_bytes'] / 1e9:>7.2f}"
-        )
-    for key, value in summary.items():
-        print(f"{key}: {value:.3f}")
-    print(f"results: {RESULTS}")
+    shown = {v: {**row, "out_gb": row["out_bytes"] / 1e9} for v, row in table.items()}
+    save_and_print(RESULTS, result, shown, 11, COLUMNS, [f"{k}: {v:.3f}" for k, v in summary.items()])
     return 0
 
 
