@@ -20,8 +20,9 @@ from packager.convert.converter import convert
 from packager.convert.settings import ConvertSettings
 from packager.convert.verify import verify_artifact
 from packager.errors import ConvertError, VerifyError
-from tests.rig.layouts import add_fp16_variants, shard_bin, to_bin, without_safety_checker
-from tests.rig.models import save_sd_pipeline
+from tests.rig.artifacts import files_of, tiny_with_and_without_checker
+from tests.rig.layouts import add_fp16_variants, shard_bin, to_bin
+from tests.rig.worker import draw
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE = {"kind": "path", "path": "tiny"}
@@ -31,16 +32,11 @@ SOURCE = {"kind": "path", "path": "tiny"}
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny pipeline (with safety checker), without it, and the same as fp32 `.bin` files."""
     root = tmp_path_factory.mktemp("sources")
-    full = save_sd_pipeline(root / "full", seed=0, with_safety_checker=True)
-    plain = without_safety_checker(full, root / "plain")
+    both = tiny_with_and_without_checker(root)
     binary = root / "bin"
-    shutil.copytree(plain, binary)
+    shutil.copytree(both["plain"], binary)
     to_bin(binary)
-    return {"full": full, "plain": plain, "bin": binary}
-
-
-def files_of(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {**both, "bin": binary}
 
 
 def run(src: Path, out: Path, **settings: Any) -> mf.Manifest:
@@ -78,15 +74,9 @@ def bits_equal(a: Any, b: Any) -> bool:
 
 
 def image(folder: Path) -> Any:
-    import torch
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(7)
-    return pipe(
-        "a red cube", num_inference_steps=2, height=64, width=64, generator=generator, output_type="np"
-    ).images
+    return draw(DiffusionPipeline.from_pretrained(folder), "a red cube", 7)
 
 
 # ---- what a user gets ---------------------------------------------------------------------------------

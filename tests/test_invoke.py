@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from tests.rig.artifacts import tiny_recipe, tiny_source
 from tests.rig.cli import run_packager
 from tests.rig.runpod_api import RunPodStandIn
 from tests.rig.runpod_serverless import ServerlessStandIn
-from tests.rig.worker import REPO, decode_png, free_port, worker_env
+from tests.rig.worker import decode_png, packager_serve, worker_env
 
 LINE_RE = re.compile(r"^Request took \d+\.\d+s \(inference: \d+\.\d+s(, init: \d+\.\d+s)?\)$")
 
@@ -215,18 +214,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     extra = "worker:\n  defaults:\n    num_inference_steps: 2\n    width: 64\n    height: 64\n"
     recipe = tiny_recipe(root / "recipes", tiny_source(root / "source"), extra=extra)
     env = worker_env(None, PACKAGER_BUILD_DIR=str(root / "build"))
-    port = free_port()
     log = root / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "packager", "serve", str(recipe), "--port", str(port)],
-            env=env,
-            cwd=REPO,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with packager_serve(recipe, env, log) as (proc, url):
         deadline = time.monotonic() + 300
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
@@ -237,9 +226,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.3)
         yield recipe, env, url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_invoke_local_prints_the_line_and_saves_the_image(served: tuple[Path, dict[str, str], str]) -> None:

@@ -14,19 +14,18 @@ from packager.store.seed import PART_LIMIT, seed_volume, volume_has_artifact, vo
 from packager.store.transfer import TransferSettings
 from tests.rig.cli import run_packager
 from tests.rig.fixtures_s3 import S3Env
-from tests.rig.s3 import load_artifact, synthetic_artifact
+from tests.rig.s3 import demo_artifact, small_parts
 from volume_sync.pull import pull
 
 MiB = 1024 * 1024
-SMALL_PARTS = TransferSettings(multipart_threshold=5 * MiB, chunk_size=5 * MiB, concurrency=4)
+SMALL_PARTS = small_parts()
 VOLUME_ID = "k3x9q2m7pa"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory):
-    folder, _ = synthetic_artifact(tmp_path_factory.mktemp("art") / "artifact", 12 * MiB, name="demo")
-    return load_artifact(folder)
+    return demo_artifact(tmp_path_factory, 12 * MiB)
 
 
 def recipe(folder: Path, volume: str) -> Path:

@@ -12,31 +12,27 @@ import pytest
 from packager.convert.converter import convert
 from packager.convert.settings import ConvertSettings
 from packager.errors import ConvertError
-from tests.rig.layouts import without_safety_checker, write_original_checkpoint
-from tests.rig.models import save_sd_pipeline
+from tests.rig.artifacts import files_of, tiny_with_and_without_checker
+from tests.rig.layouts import write_original_checkpoint
+from tests.rig.worker import draw
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny pipeline, its config folder (no weights) and the same as single-file checkpoints."""
     root = tmp_path_factory.mktemp("singlefile")
-    full = save_sd_pipeline(root / "full", seed=0, with_safety_checker=True)
-    plain = without_safety_checker(full, root / "plain")
+    both = tiny_with_and_without_checker(root)
+    plain = both["plain"]
     config = root / "config"
     shutil.copytree(plain, config)
     for weights in config.rglob("*.safetensors"):
         weights.unlink()
     return {
-        "full": full,
-        "plain": plain,
+        **both,
         "config": config,
         "safetensors": write_original_checkpoint(plain, root / "tiny-sd.safetensors"),
         "ckpt": write_original_checkpoint(plain, root / "tiny-sd.ckpt"),
     }
-
-
-def files_of(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 def run(config: Path, checkpoint: Path, out: Path, **settings: Any) -> Any:
@@ -81,12 +77,7 @@ def test_a_single_file_checkpoint_becomes_the_diffusers_pipeline_it_came_from(ti
     assert manifest.source == {"kind": "file", "sha256": "0" * 64}
 
     def render(folder: Path) -> Any:
-        pipe = DiffusionPipeline.from_pretrained(folder)
-        pipe.set_progress_bar_config(disable=True)
-        g = torch.Generator().manual_seed(3)
-        return pipe(
-            "a tiny cat", num_inference_steps=2, height=64, width=64, generator=g, output_type="np"
-        ).images
+        return draw(DiffusionPipeline.from_pretrained(folder), "a tiny cat", 3)
 
     assert np.array_equal(render(out), render(tiny["plain"]))
 

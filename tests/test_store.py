@@ -19,21 +19,18 @@ from packager.errors import StoreError, VerifyError
 from packager.store.local import LocalStore
 from packager.store.s3 import S3Store
 from packager.store.stores import open_store_uri, split_artifact_uri
-from packager.store.transfer import TransferSettings
 from tests.rig.cli import run_packager
 from tests.rig.fixtures_s3 import S3Env
-from tests.rig.s3 import load_artifact, synthetic_artifact
+from tests.rig.s3 import demo_artifact, load_artifact, small_parts, synthetic_artifact
 
 MiB = 1024 * 1024
-# S3's smallest part is 5 MiB: a 5 MiB threshold makes a 12 MiB artifact's biggest file multipart.
-SMALL_PARTS = TransferSettings(multipart_threshold=5 * MiB, chunk_size=5 * MiB, concurrency=4)
+SMALL_PARTS = small_parts()
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory):
-    folder, _ = synthetic_artifact(tmp_path_factory.mktemp("art") / "artifact", 12 * MiB, name="demo")
-    return load_artifact(folder)
+    return demo_artifact(tmp_path_factory, 12 * MiB)
 
 
 def same_tree(a: Path, b: Path) -> bool:

@@ -17,20 +17,18 @@ import pytest
 
 from artifact_format import manifest as mf
 from packager.store.stores import open_store_uri
-from packager.store.transfer import TransferSettings
 from tests.rig.fixtures_s3 import S3Env
-from tests.rig.s3 import load_artifact, synthetic_artifact
+from tests.rig.s3 import demo_artifact, load_artifact, small_parts, synthetic_artifact
 from volume_sync.pull import PullError, PullVerifyError, lock_path, pull
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_PARTS = TransferSettings(multipart_threshold=5 * MiB, chunk_size=5 * MiB, concurrency=4)
+SMALL_PARTS = small_parts()
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory):
-    folder, _ = synthetic_artifact(tmp_path_factory.mktemp("art") / "artifact", 2 * MiB, name="demo")
-    return load_artifact(folder)
+    return demo_artifact(tmp_path_factory, 2 * MiB)
 
 
 @pytest.fixture

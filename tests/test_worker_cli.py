@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +12,7 @@ import pytest
 
 from tests.rig.artifacts import tiny_recipe, tiny_source
 from tests.rig.cli import run_packager
-from tests.rig.worker import REPO, decode_png, free_port, worker_env
+from tests.rig.worker import REPO, decode_png, packager_serve, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +60,14 @@ def test_serve_answers_runsync_on_the_chosen_port(
     recipe: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     path, env = recipe
-    port = free_port()
     log = tmp_path / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "packager", "serve", str(path), "--port", str(port)],
-            env=env,
-            cwd=REPO,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with packager_serve(path, env, log) as (proc, url):
         body = json.dumps({"input": {"prompt": "a harbour", "seed": 4}}).encode()
         deadline = time.monotonic() + 300
         answer = None
         while time.monotonic() < deadline and proc.poll() is None:
             req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/runsync", data=body, headers={"Content-Type": "application/json"}
+                f"{url}/runsync", data=body, headers={"Content-Type": "application/json"}
             )
             try:
                 with urllib.request.urlopen(req, timeout=120) as resp:
@@ -90,6 +79,3 @@ def test_serve_answers_runsync_on_the_chosen_port(
         assert answer["status"] == "COMPLETED"
         assert decode_png(answer["output"]["image_base64"]).size == (64, 64)
         assert "serving tiny " in log.read_text()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -19,7 +19,7 @@ import pytest
 
 from artifact_format import manifest as mf
 from tests.rig.artifacts import family_artifact, fp8_variant
-from tests.rig.worker import decode_png, start_worker
+from tests.rig.worker import decode_png, draw, start_worker
 from worker_runtime import family, generate, load, requests
 from worker_runtime.config import Defaults, Limits
 from worker_runtime.errors import RequestError, StartError
@@ -182,15 +182,7 @@ def test_an_fp8_transformer_loads_as_stored_and_generates_close_to_bf16(
     assert fp8.pipe.vae.dtype == torch.float32
 
     def image(pipe: Any) -> Any:
-        out = pipe(
-            prompt="a fox",
-            num_inference_steps=2,
-            width=64,
-            height=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        )
-        return torch.as_tensor(out.images)
+        return torch.as_tensor(draw(pipe, "a fox", 0))
 
     got = image(fp8.pipe)
     reference = image(load.load_pipeline(diffusers.FluxPipeline, torch, src, mf.load(src), "cpu").pipe)
@@ -221,15 +213,7 @@ def test_both_manifest_schemas_load_and_generate(artifacts: dict[str, Path], tmp
         located = artifact.locate(config.read_settings({"MODEL_DIR": str(folder)}))
         assert located.manifest.schema == schema
         pipe = load.load_pipeline(diffusers.PixArtSigmaPipeline, torch, folder, located.manifest, "cpu").pipe
-        out = pipe(
-            prompt="a fox",
-            num_inference_steps=2,
-            width=64,
-            height=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        )
-        images.append(torch.as_tensor(out.images))
+        images.append(torch.as_tensor(draw(pipe, "a fox", 0)))
     assert torch.equal(images[0], images[1])
 
 

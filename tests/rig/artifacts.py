@@ -151,3 +151,16 @@ def _layer_names(artifact: Path, component: str) -> set[str]:
         model = cls.from_config(cls.load_config(artifact / component))
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
     return {name for name, module in model.named_modules() if isinstance(module, kinds)}
+
+
+def tiny_with_and_without_checker(root: Path) -> dict[str, Path]:
+    """The tiny SD pipeline saved with its safety checker ("full") and without it ("plain")."""
+    from tests.rig.layouts import without_safety_checker
+
+    full = save_sd_pipeline(root / "full", seed=0, with_safety_checker=True)
+    return {"full": full, "plain": without_safety_checker(full, root / "plain")}
+
+
+def files_of(folder: Path) -> list[str]:
+    """Every file under `folder`, as sorted relative POSIX paths."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())

@@ -202,6 +202,9 @@ _SMALL_FILES = (
 )
 
 
+MIN_PART = 5 * 1024 * 1024
+
+
 def synthetic_artifact(
     folder: Path, total_bytes: int, name: str = "synthetic", seed: int = 0, components: Any = None
 ) -> tuple[Path, str]:
@@ -254,6 +257,19 @@ def load_artifact(folder: Path) -> Any:
 
     manifest = mf.load(folder)
     return Artifact(name=manifest.name, id=mf.artifact_id_of(folder), dir=folder, manifest=manifest)
+
+
+def demo_artifact(tmp_path_factory: Any, total_bytes: int) -> Any:
+    """A synthetic artifact named demo in a fresh temp folder, loaded (for module-scoped fixtures)."""
+    folder, _ = synthetic_artifact(tmp_path_factory.mktemp("art") / "artifact", total_bytes, name="demo")
+    return load_artifact(folder)
+
+
+def small_parts() -> Any:
+    """S3's smallest parts (5 MiB): a 12 MiB artifact's biggest file goes multipart."""
+    from packager.store.transfer import TransferSettings
+
+    return TransferSettings(multipart_threshold=MIN_PART, chunk_size=MIN_PART, concurrency=4)
 
 
 def main() -> None:

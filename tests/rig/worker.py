@@ -17,6 +17,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,27 @@ class Worker:
                 self.proc.wait()
 
 
+@contextmanager
+def packager_serve(
+    recipe: Path, env: dict[str, str], log: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`packager serve RECIPE` on a free port, its output in `log`: yields (process, URL), stops it after."""
+    port = free_port()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "packager", "serve", str(recipe), "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def start_worker(model_dir: Path | None, log_dir: Path, **env: str) -> Worker:
     """Start the worker's local API and return once it answers; raise with its log if it dies."""
     port = free_port()
@@ -148,3 +171,14 @@ def decode_png(data: str) -> Any:
     image = Image.open(io.BytesIO(raw))
     image.load()
     return image
+
+
+def draw(pipe: Any, prompt: str, seed: int) -> Any:
+    """What a tiny pipeline draws in 2 steps at 64x64 from a seeded CPU generator, as numpy images."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(
+        prompt, num_inference_steps=2, height=64, width=64, generator=generator, output_type="np"
+    ).images
