@@ -32,11 +32,12 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from tests.rig.http_server import LoopbackServer
 from tests.rig.hub_upload import Received, UploadSide, parse_json, parse_ndjson, read_body
 
 # What `.gitattributes` sends to LFS in a new hub repo (the hub's default template, abridged),
@@ -133,7 +134,7 @@ class HubError(Exception):
         self.body = body or {}
 
 
-class LocalHub(UploadSide):
+class LocalHub(LoopbackServer, UploadSide):
     """Repos in memory (blobs on disk) served over HTTP on 127.0.0.1 at a free port.
 
     Use as a context manager, or `start()` / `stop()`. `url` is what HF_ENDPOINT should be.
@@ -154,41 +155,12 @@ class LocalHub(UploadSide):
         self.stats = Stats()
         self._lock = threading.RLock()
         self._commit_counter = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._init_upload_side()
 
     # ---- server lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> LocalHub:
-        hub = self
-
-        class Handler(_Handler):
-            local_hub = hub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="localhub", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> LocalHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "hub not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"local_hub": self})
 
     # ---- repos and commits ----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -36,6 +36,7 @@ from jsonschema import Draft202012Validator
 
 from tests.rig import runpod_graphql
 from tests.rig import runpod_schema as rs
+from tests.rig.http_server import LoopbackServer, handler_calling
 
 # RunPod's serverless GPU pools (its GPU-types reference and the flash SDK's GpuGroup).
 GPU_POOLS = frozenset(
@@ -131,7 +132,7 @@ class Recorded:
 
 
 @dataclass
-class RunPodStandIn:
+class RunPodStandIn(LoopbackServer):
     api_key: str = "rp_standin_key_0123456789"
     null_key: str = "rp_standin_unknown_identity"
     html_key: str = "rp_standin_blocked_at_edge"
@@ -139,43 +140,14 @@ class RunPodStandIn:
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
-    url: str = ""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> RunPodStandIn:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                standin._handle(self)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> RunPodStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return handler_calling(self._handle, ("GET", "POST", "PATCH", "DELETE"))
 
     # ----------------------------------------------------------------- for tests
     def writes(self) -> list[tuple[str, str]]:

@@ -18,15 +18,17 @@ import threading
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.rig.http_server import LoopbackServer, handler_calling
 
 _ROUTE = re.compile(r"^/v2/(?P<endpoint>[^/]+)/(?P<action>run|runsync|status)(?:/(?P<job>[^/]+))?$")
 Handler = Callable[[Any], Any]
 
 
 @dataclass
-class ServerlessStandIn:
+class ServerlessStandIn(LoopbackServer):
     handler: Handler
     endpoints: Container[str]
     api_key: str = "rp_standin_key_0123456789"
@@ -34,48 +36,18 @@ class ServerlessStandIn:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (method, path, Authorization header) of every request, in order.
     requests: list[tuple[str, str, str]] = field(default_factory=list)
-    url: str = ""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def base_url(self) -> str:
         """What RUNPOD_ENDPOINT_BASE_URL is set to."""
         return f"{self.url}/v2"
 
-    def start(self) -> ServerlessStandIn:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                standin._handle(self)
-
-            def do_GET(self) -> None:
-                standin._handle(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> ServerlessStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return handler_calling(self._handle, ("GET", "POST"))
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
