@@ -174,17 +174,16 @@ def test_the_worker_serves_from_a_runpod_shaped_cache_and_never_writes_there(
 
 
 def test_a_cache_miss_with_a_store_and_a_volume_pulls_like_volume_mode(
-    s3: S3Env, tiny: tuple[Path, str], tmp_path: Path
+    s3: S3Env, tiny: tuple[Path, str], volume_mount: Path, tmp_path: Path
 ) -> None:
     folder, artifact_id = tiny
     uri = upload_artifact(s3, folder, artifact_id)
-    volume = tmp_path / "runpod-volume"
-    (volume / RUNPOD_CACHE).mkdir(parents=True)
+    (volume_mount / RUNPOD_CACHE).mkdir()
     env = {
         "MODEL_REPO": "publisher/tiny-missing",
         "MODEL_COMMIT": "1" * 40,
-        "HF_HUB_CACHE": str(volume / RUNPOD_CACHE),
-        "VOLUME_MOUNT": str(volume),
+        "HF_HUB_CACHE": str(volume_mount / RUNPOD_CACHE),
+        "VOLUME_MOUNT": str(volume_mount),
         "ARTIFACT_URI": uri,
         "PULL_TIMEOUT_S": "120",
         **s3.env,
@@ -192,6 +191,6 @@ def test_a_cache_miss_with_a_store_and_a_volume_pulls_like_volume_mode(
     saved = tmp_path / "saved"
     proc = run_test_input(None, JOB, tmp_path / "run", WORKER_SAVE_DIR=str(saved), **env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    pulled = mf.volume_path(volume, "tiny", artifact_id)
+    pulled = mf.volume_path(volume_mount, "tiny", artifact_id)
     assert (pulled / mf.READY_MARKER).is_file()
     assert json.loads((saved / "local_test.json").read_text())["$meta"]["artifact_id"] == artifact_id

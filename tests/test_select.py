@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -142,61 +143,60 @@ def test_dropped_components_are_skipped():
     assert "safety_checker" not in sel.components
 
 
+def encoder_files(*names: str) -> tuple[str, ...]:
+    """A one-component repo: model_index.json, the text encoder's config, and `names` in its folder."""
+    return ("model_index.json", "text_encoder/config.json", *(f"text_encoder/{n}" for n in names))
+
+
+def encoder_index(cls: str) -> dict[str, Any]:
+    return {"_class_name": "X", "text_encoder": ["transformers", cls]}
+
+
 def test_shards_with_their_index_and_variant_shards():
-    files = [
-        "model_index.json",
-        "text_encoder/config.json",
-        "text_encoder/model-00001-of-00002.safetensors",
-        "text_encoder/model-00002-of-00002.safetensors",
-        "text_encoder/model.safetensors.index.json",
-        "text_encoder/model.fp16-00001-of-00002.safetensors",
-        "text_encoder/model.fp16-00002-of-00002.safetensors",
-        "text_encoder/model.safetensors.index.fp16.json",
-        "text_encoder/pytorch_model-00001-of-00002.bin",
-        "text_encoder/pytorch_model-00002-of-00002.bin",
-        "text_encoder/pytorch_model.bin.index.json",
-    ]
-    index = {"_class_name": "X", "text_encoder": ["transformers", "T5EncoderModel"]}
-    assert select_files(files, index).files == (
-        "model_index.json",
-        "text_encoder/config.json",
-        "text_encoder/model-00001-of-00002.safetensors",
-        "text_encoder/model-00002-of-00002.safetensors",
-        "text_encoder/model.safetensors.index.json",
+    files = encoder_files(
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "model.fp16-00001-of-00002.safetensors",
+        "model.fp16-00002-of-00002.safetensors",
+        "model.safetensors.index.fp16.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
     )
-    assert select_files(files, index, variant="fp16").files == (
-        "model_index.json",
-        "text_encoder/config.json",
-        "text_encoder/model.fp16-00001-of-00002.safetensors",
-        "text_encoder/model.fp16-00002-of-00002.safetensors",
-        "text_encoder/model.safetensors.index.fp16.json",
+    index = encoder_index("T5EncoderModel")
+    assert select_files(files, index).files == encoder_files(
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    )
+    assert select_files(files, index, variant="fp16").files == encoder_files(
+        "model.fp16-00001-of-00002.safetensors",
+        "model.fp16-00002-of-00002.safetensors",
+        "model.safetensors.index.fp16.json",
     )
     bins = [f for f in files if "safetensors" not in f]
-    assert select_files(bins, index).files[-3:] == (
-        "text_encoder/pytorch_model-00001-of-00002.bin",
-        "text_encoder/pytorch_model-00002-of-00002.bin",
-        "text_encoder/pytorch_model.bin.index.json",
+    assert (
+        select_files(bins, index).files[-3:]
+        == encoder_files(
+            "pytorch_model-00001-of-00002.bin",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model.bin.index.json",
+        )[2:]
     )
 
 
 def test_exports_that_look_like_weights_are_not_weights():
-    files = [
-        "model_index.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "text_encoder/openvino_model.bin",
-        "text_encoder/openvino_model.xml",
-        "text_encoder/model.onnx",
-        "text_encoder/model.onnx_data",
-        "text_encoder/tf_model.h5",
-        "text_encoder/nested/pytorch_model.bin",
-    ]
-    index = {"_class_name": "X", "text_encoder": ["transformers", "CLIPTextModel"]}
-    assert select_files(files, index).files == (
-        "model_index.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
+    files = encoder_files(
+        "model.safetensors",
+        "openvino_model.bin",
+        "openvino_model.xml",
+        "model.onnx",
+        "model.onnx_data",
+        "tf_model.h5",
+        "nested/pytorch_model.bin",
     )
+    assert select_files(files, encoder_index("CLIPTextModel")).files == encoder_files("model.safetensors")
 
 
 def test_configs_only_for_a_single_file_base():

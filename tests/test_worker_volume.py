@@ -30,18 +30,16 @@ def upload_artifact(s3: S3Env, artifact_dir: Path, artifact_id: str) -> str:
 
 
 def test_an_empty_volume_is_filled_from_the_store_and_then_served(
-    s3: S3Env, tiny: tuple[Path, str], tmp_path: Path
+    s3: S3Env, tiny: tuple[Path, str], volume_mount: Path, tmp_path: Path
 ) -> None:
     artifact_dir, artifact_id = tiny
     uri = upload_artifact(s3, artifact_dir, artifact_id)
-    volume = tmp_path / "runpod-volume"
-    volume.mkdir()
-    model_dir = mf.volume_path(volume, "tiny", artifact_id)
+    model_dir = mf.volume_path(volume_mount, "tiny", artifact_id)
 
     worker = start_worker(
         model_dir,
         tmp_path / "logs",
-        VOLUME_MOUNT=str(volume),
+        VOLUME_MOUNT=str(volume_mount),
         ARTIFACT_URI=uri,
         PULL_TIMEOUT_S="120",
         **s3.env,
@@ -61,13 +59,13 @@ def test_an_empty_volume_is_filled_from_the_store_and_then_served(
 
 
 def test_a_volume_without_the_artifact_and_no_store_to_pull_from_is_one_line(
-    tiny: tuple[Path, str], tmp_path: Path
+    tiny: tuple[Path, str], volume_mount: Path, tmp_path: Path
 ) -> None:
     _, artifact_id = tiny
-    volume = tmp_path / "runpod-volume"
-    volume.mkdir()
-    model_dir = mf.volume_path(volume, "tiny", artifact_id)
-    proc = run_test_input(model_dir, {"input": {"prompt": "x"}}, tmp_path / "run", VOLUME_MOUNT=str(volume))
+    model_dir = mf.volume_path(volume_mount, "tiny", artifact_id)
+    proc = run_test_input(
+        model_dir, {"input": {"prompt": "x"}}, tmp_path / "run", VOLUME_MOUNT=str(volume_mount)
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -78,17 +76,15 @@ def test_a_volume_without_the_artifact_and_no_store_to_pull_from_is_one_line(
 
 
 def test_a_store_that_lacks_the_artifact_fails_the_pull_in_one_line(
-    s3: S3Env, tiny: tuple[Path, str], tmp_path: Path
+    s3: S3Env, tiny: tuple[Path, str], volume_mount: Path, tmp_path: Path
 ) -> None:
     _, artifact_id = tiny
-    volume = tmp_path / "runpod-volume"
-    volume.mkdir()
     uri = s3.uri(f"store/tiny/{artifact_id}")  # nothing uploaded there
     proc = run_test_input(
-        mf.volume_path(volume, "tiny", artifact_id),
+        mf.volume_path(volume_mount, "tiny", artifact_id),
         {"input": {"prompt": "x"}},
         tmp_path / "run",
-        VOLUME_MOUNT=str(volume),
+        VOLUME_MOUNT=str(volume_mount),
         ARTIFACT_URI=uri,
         PULL_TIMEOUT_S="30",
         **s3.env,

@@ -117,14 +117,12 @@ def invoke(
 def _job_input(input_json: str | None, prompt: str | None) -> dict[str, Any]:
     from packager.errors import InvokeError
 
-    job: dict[str, Any] = {}
-    if input_json is not None:
-        try:
-            job = json.loads(input_json)
-        except json.JSONDecodeError as exc:
-            raise InvokeError(f"--input: not JSON ({exc.msg} at character {exc.pos})") from None
-        if not isinstance(job, dict):
-            raise InvokeError(f"--input: must be a JSON object (got {type(job).__name__})")
+    try:
+        job = {} if input_json is None else json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise InvokeError(f"--input: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(job, dict):
+        raise InvokeError(f"--input: must be a JSON object (got {type(job).__name__})")
     target = job["modelInputs"] if isinstance(job.get("modelInputs"), dict) else job
     if prompt is not None:
         target["prompt"] = prompt

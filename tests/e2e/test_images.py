@@ -187,21 +187,29 @@ def baked_identity(loaded: LoadedRecipe, tiny: tuple[Path, Artifact]) -> render.
     return render.identity(loaded, tiny[1].id, "baked")
 
 
-@pytest.fixture(scope="module")
-def baked(
-    docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact], baked_identity: render.Identity
+def build_baked(
+    docker_rig: DockerRig, loaded: LoadedRecipe, art: Artifact, *, push: bool = False, client: Any = None
 ) -> image_built.BuildResult:
-    _, art = tiny
-    result = image_build.build(
+    """`packager build` of `art`'s baked image for `loaded`, from the rig's wheelhouse."""
+    return image_build.build(
         loaded,
         art,
         art.manifest,
         art.id,
         "baked",
+        push=push,
         pip_find_links=docker_rig.find_links,
         quiet=True,
-        client=docker_rig.client(),
+        client=client or docker_rig.client(),
     )
+
+
+@pytest.fixture(scope="module")
+def baked(
+    docker_rig: DockerRig, loaded: LoadedRecipe, tiny: tuple[Path, Artifact], baked_identity: render.Identity
+) -> image_built.BuildResult:
+    _, art = tiny
+    result = build_baked(docker_rig, loaded, art)
     report(
         first_build_s=round(result.seconds, 1),
         first_build_skipped=result.skipped,
@@ -335,16 +343,7 @@ def test_an_up_to_date_image_is_not_rebuilt(
     docker_rig: DockerRig, baked: image_built.BuildResult, loaded: LoadedRecipe, tiny: tuple[Path, Artifact]
 ) -> None:
     _, art = tiny
-    again = image_build.build(
-        loaded,
-        art,
-        art.manifest,
-        art.id,
-        "baked",
-        pip_find_links=docker_rig.find_links,
-        quiet=True,
-        client=docker_rig.client(),
-    )
+    again = build_baked(docker_rig, loaded, art)
     assert again.skipped
     assert again.image_id == baked.image_id
 
@@ -362,16 +361,7 @@ def test_code_only_rebuild_reuses_every_weight_layer(
 ) -> None:
     _, art = tiny
     shipped_code_copy(work / "code-v2", monkeypatch, "v2")
-    rebuilt = image_build.build(
-        loaded,
-        art,
-        art.manifest,
-        art.id,
-        "baked",
-        pip_find_links=docker_rig.find_links,
-        quiet=True,
-        client=docker_rig.client(),
-    )
+    rebuilt = build_baked(docker_rig, loaded, art)
     assert not rebuilt.skipped
     assert rebuilt.image_id != baked.image_id
     # The weights reached the engine once, with the first build; this one sent the code alone.
@@ -408,16 +398,7 @@ def test_another_recipe_with_the_same_artifact_reuses_the_weights_image(
         "worker:\n  defaults: {num_inference_steps: 2, width: 128, height: 128}\n"
     )
     other = load_recipe(tiny_recipe(work / "other-recipe", source, "tiny-other", extra))
-    result = image_build.build(
-        other,
-        art,
-        art.manifest,
-        art.id,
-        "baked",
-        pip_find_links=docker_rig.find_links,
-        quiet=True,
-        client=docker_rig.client(),
-    )
+    result = build_baked(docker_rig, other, art)
     assert not result.weights_built
     assert result.weights_context_bytes == 0
     assert result.weights_tag is not None
@@ -441,17 +422,7 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     _, art = tiny
     client = docker_rig.client()
     started = time.monotonic()
-    pushed = image_build.build(
-        loaded,
-        art,
-        art.manifest,
-        art.id,
-        "baked",
-        push=True,
-        pip_find_links=docker_rig.find_links,
-        quiet=True,
-        client=client,
-    )
+    pushed = build_baked(docker_rig, loaded, art, push=True, client=client)
     push_s = time.monotonic() - started
     assert pushed.pushed
     assert pushed.uploaded_layers >= len(WEIGHT_STEPS) + len(CODE_STEPS)
@@ -464,17 +435,7 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     # A code-only release: the registry already has every layer but the code ones.
     shipped_code_copy(work / "code-v3", monkeypatch, "v3")
     started = time.monotonic()
-    released = image_build.build(
-        loaded,
-        art,
-        art.manifest,
-        art.id,
-        "baked",
-        push=True,
-        pip_find_links=docker_rig.find_links,
-        quiet=True,
-        client=client,
-    )
+    released = build_baked(docker_rig, loaded, art, push=True, client=client)
     repush_s = time.monotonic() - started
     assert not released.skipped
     assert released.uploaded_layers == len(CODE_STEPS), "a code-only change must upload only the code layers"

@@ -232,17 +232,17 @@ class LocalHub(LoopbackServer, UploadSide):
         return self.commit(repo_id, add, branch=branch, message=message, replace=True)
 
     def create_branch(self, repo_id: str, branch: str, *, revision: str = "main") -> str:
-        with self._lock:
-            repo = self.repos[repo_id]
-            sha = self._resolve(repo, revision).sha
-            repo.branches[branch] = sha
-            return sha
+        return self._point(repo_id, "branches", branch, revision)
 
     def create_tag(self, repo_id: str, tag: str, *, revision: str = "main") -> str:
+        return self._point(repo_id, "tags", tag, revision)
+
+    def _point(self, repo_id: str, kind: str, name: str, revision: str) -> str:
+        """Set branch or tag `name` (`kind` is the Repo's dict of them) to `revision`'s commit."""
         with self._lock:
             repo = self.repos[repo_id]
             sha = self._resolve(repo, revision).sha
-            repo.tags[tag] = sha
+            getattr(repo, kind)[name] = sha
             return sha
 
     def fork_repo(self, src: str, dst: str) -> Repo:
