@@ -34,43 +34,11 @@ EXPECTED_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_0
 _BLOCK_ELEMS = 64 << 20  # the random block tensors are cut from (256 MB of fp32)
 _STD = 0.02
 
-UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
-VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-}
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-}
+# SD 1.5's own configs (unet, vae, scheduler, the CLIP text encoder's), as its hub repo ships them.
+CONFIGS: dict[str, dict[str, Any]] = json.loads((Path(__file__).parent / "sd15_configs.json").read_text())
+UNET_CONFIG = CONFIGS["unet"]
+VAE_CONFIG = CONFIGS["vae"]
+SCHEDULER_CONFIG = CONFIGS["scheduler"]
 
 
 def fullsize_dir() -> Path:
@@ -109,14 +77,7 @@ def _build(folder: Path) -> None:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         vae = AutoencoderKL(**VAE_CONFIG)
         text_config = CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
+            **CONFIGS["text_encoder"],
             bos_token_id=vocab[BOS],
             eos_token_id=vocab[EOS],
             pad_token_id=vocab[EOS],

@@ -182,6 +182,14 @@ def secret_reference(name: str) -> str:
     return "{{ RUNPOD_SECRET_" + name + " }}"
 
 
+def _env_name(loaded: LoadedRecipe, section: str, key: str) -> str:
+    """Where `deploy.<section>.<key>` is, for the messages; raises when `key` cannot name a variable."""
+    where = f"{loaded.path}: deploy.{section}.{key}"
+    if not _ENV_NAME_RE.match(key):
+        raise RecipeError(f"{where}: not an environment variable name")
+    return where
+
+
 def _environment(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> dict[str, str]:
     recipe = loaded.recipe
     d = recipe.deploy
@@ -192,18 +200,14 @@ def _environment(loaded: LoadedRecipe, artifact_id: str, mode: Mode) -> dict[str
     env = naming.worker_env(loaded, artifact_id, mode, artifact_uri)
     planted = set(secret_values())
     for key, value in d.env.items():
-        where = f"{loaded.path}: deploy.env.{key}"
-        if not _ENV_NAME_RE.match(key):
-            raise RecipeError(f"{where}: not an environment variable name")
+        where = _env_name(loaded, "env", key)
         if key in env:
             raise RecipeError(f"{where}: set by the packager itself ({key}={env[key][:40]})")
         if key in SECRET_ENV_VARS or value in planted:
             raise RecipeError(f"{where}: holds a credential; name a RunPod secret in deploy.secrets instead")
         env[key] = value
     for key, secret in d.secrets.items():
-        where = f"{loaded.path}: deploy.secrets.{key}"
-        if not _ENV_NAME_RE.match(key):
-            raise RecipeError(f"{where}: not an environment variable name")
+        where = _env_name(loaded, "secrets", key)
         if key in env:
             raise RecipeError(f"{where}: already set in deploy.env or by the packager")
         if not _SECRET_NAME_RE.match(secret):

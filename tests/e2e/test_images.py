@@ -20,7 +20,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,16 @@ def assert_served_a_png(ran: Ran) -> None:
         img.load()
         assert img.size == (128, 128)
         assert len(set(img.convert("RGB").getdata())) > 1, "a blank image"
+
+
+@pytest.fixture
+def ship_code(work: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """`ship_code("v2")`: a code-only release, marked "v2", for the rest of the test."""
+
+    def ship(marker: str) -> None:
+        shipped_code_copy(work / f"code-{marker}", monkeypatch, marker)
+
+    return ship
 
 
 def shipped_code_copy(folder: Path, monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
@@ -356,11 +366,10 @@ def test_code_only_rebuild_reuses_every_weight_layer(
     baked: image_built.BuildResult,
     loaded: LoadedRecipe,
     tiny: tuple[Path, Artifact],
-    work: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    ship_code: Callable[[str], None],
 ) -> None:
     _, art = tiny
-    shipped_code_copy(work / "code-v2", monkeypatch, "v2")
+    ship_code("v2")
     rebuilt = build_baked(docker_rig, loaded, art)
     assert not rebuilt.skipped
     assert rebuilt.image_id != baked.image_id
@@ -417,7 +426,7 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     loaded: LoadedRecipe,
     tiny: tuple[Path, Artifact],
     work: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    ship_code: Callable[[str], None],
 ) -> None:
     _, art = tiny
     client = docker_rig.client()
@@ -433,7 +442,7 @@ def test_push_remove_pull_run_and_a_code_change_pushes_only_code(
     assert weights_remote.startswith("sha256:")
 
     # A code-only release: the registry already has every layer but the code ones.
-    shipped_code_copy(work / "code-v3", monkeypatch, "v3")
+    ship_code("v3")
     started = time.monotonic()
     released = build_baked(docker_rig, loaded, art, push=True, client=client)
     repush_s = time.monotonic() - started

@@ -41,7 +41,7 @@ from typing import Any
 
 from tests.rig.layouts_dit import DIT_REPOS, build_dit_layouts
 from tests.rig.localhub import LocalHub
-from tests.rig.models import TEXT_HIDDEN, save_sd_pipeline, text_encoder_config
+from tests.rig.models import TEXT_HIDDEN, save_sd_pipeline, text_encoder_config, tiny_vae
 from tests.rig.tokenizer import write_clip_tokenizer
 
 SD_BIN = "tiny/sd-bin"
@@ -356,7 +356,6 @@ def save_sdxl_pipeline(folder: Path, seed: int = 10) -> Path:
 
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -382,17 +381,7 @@ def save_sdxl_pipeline(folder: Path, seed: int = 10) -> Path:
         cross_attention_dim=2 * TEXT_HIDDEN,  # both encoders' hidden states, concatenated
         norm_num_groups=8,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=128,
-    )
+    vae = tiny_vae(seed + 1, (16, 32), 128)
     with tempfile.TemporaryDirectory() as tmp:
         vocab = write_clip_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
@@ -412,15 +401,16 @@ def save_sdxl_pipeline(folder: Path, seed: int = 10) -> Path:
         steps_offset=1,
         timestep_spacing="leading",
     )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=scheduler,
-    )
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "unet": unet,
+        "scheduler": scheduler,
+    }
+    pipe = StableDiffusionXLPipeline(**components)
     folder.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
     write_clip_tokenizer(folder / "tokenizer")

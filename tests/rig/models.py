@@ -26,6 +26,25 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def tiny_vae(
+    seed: int, channels: tuple[int, ...], sample_size: int, norm_num_groups: int = 8, **extra: Any
+) -> Any:
+    """An AutoencoderKL with one encoder and one decoder block a channel count (4 blocks: the real 8x)."""
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    return AutoencoderKL(
+        block_out_channels=channels,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+        **{"latent_channels": 4, **extra},
+    )
+
+
 def text_encoder_config(vocab_size: int, bos: int, eos: int, **extra: Any) -> Any:
     from transformers import CLIPTextConfig
 
@@ -48,7 +67,7 @@ def build_sd_pipeline(seed: int = 0, with_safety_checker: bool = True) -> Any:
     """A tiny StableDiffusionPipeline with random weights, identical for the same seed."""
     import tempfile
 
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
     _seeded(seed)
@@ -64,17 +83,7 @@ def build_sd_pipeline(seed: int = 0, with_safety_checker: bool = True) -> Any:
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    _seeded(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=SAMPLE_SIZE * 8,
-    )
+    vae = tiny_vae(seed + 1, (16, 32, 32, 32), SAMPLE_SIZE * 8)
     with tempfile.TemporaryDirectory() as tmp:
         vocab = write_clip_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.rig.models import TEXT_HIDDEN, text_encoder_config
+from tests.rig.models import TEXT_HIDDEN, text_encoder_config, tiny_vae
 from tests.rig.tokenizer import t5_vocab_size, write_clip_tokenizer, write_t5_tokenizer
 
 T5_HIDDEN = 32
@@ -96,21 +96,7 @@ def _clip(seed: int, with_projection: bool = False) -> Any:
 
 def _image_vae(seed: int, latent_channels: int, **extra: Any) -> Any:
     """An AutoencoderKL with 4 blocks: the real 8x downsampling, at 8 channels a block."""
-    from diffusers import AutoencoderKL
-
-    _seeded(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=latent_channels,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=128,
-        **extra,
-    )
+    return tiny_vae(seed, (8, 8, 8, 8), 128, 4, latent_channels=latent_channels, layers_per_block=1, **extra)
 
 
 # ---- FLUX.1 -------------------------------------------------------------------------------------

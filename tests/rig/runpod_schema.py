@@ -14,6 +14,17 @@ from typing import Any
 
 _CUDA = {"type": "string", "pattern": r"^\d+\.\d+$"}
 
+
+def _scaling(kind: str, field: str, bound: dict[str, Any]) -> dict[str, Any]:
+    """A scaling object: its `type` constant and the one number it takes (both required, nothing else)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", field],
+        "properties": {"type": {"type": "string", "enum": [kind]}, field: bound},
+    }
+
+
 DEFS: dict[str, Any] = {
     "BaseContainerConfig": {
         "type": "object",
@@ -33,24 +44,8 @@ DEFS: dict[str, Any] = {
     },
     "FlashBoot": {"type": "string", "enum": ["OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"]},
     "EndpointType": {"type": "string", "enum": ["QUEUE", "LOAD_BALANCER"]},
-    "QueueDelayScaling": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["type", "queueDelay"],
-        "properties": {
-            "type": {"type": "string", "enum": ["QUEUE_DELAY"]},
-            "queueDelay": {"type": "number", "minimum": 0.5},
-        },
-    },
-    "RequestCountScaling": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["type", "requestCount"],
-        "properties": {
-            "type": {"type": "string", "enum": ["REQUEST_COUNT"]},
-            "requestCount": {"type": "integer", "minimum": 1},
-        },
-    },
+    "QueueDelayScaling": _scaling("QUEUE_DELAY", "queueDelay", {"type": "number", "minimum": 0.5}),
+    "RequestCountScaling": _scaling("REQUEST_COUNT", "requestCount", {"type": "integer", "minimum": 1}),
     "EndpointScaling": {
         "oneOf": [{"$ref": "#/$defs/QueueDelayScaling"}, {"$ref": "#/$defs/RequestCountScaling"}]
     },
