@@ -97,7 +97,14 @@ def layouts_key() -> str:
 
     rig = Path(__file__).parent
     h = hashlib.sha256(LAYOUTS_VERSION.encode())
-    for name in ("layouts.py", "layouts_dit.py", "models.py", "models_dit.py", "tokenizer.py"):
+    for name in (
+        "layouts.py",
+        "layouts_dit.py",
+        "models.py",
+        "models_dit.py",
+        "models_dit.json",
+        "tokenizer.py",
+    ):
         h.update((rig / name).read_bytes())
     for dist in ("torch", "diffusers", "transformers", "safetensors"):
         h.update(f"{dist}={version(dist)};".encode())

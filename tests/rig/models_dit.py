@@ -99,179 +99,106 @@ def _image_vae(seed: int, latent_channels: int, **extra: Any) -> Any:
     return tiny_vae(seed, (8, 8, 8, 8), 128, 4, latent_channels=latent_channels, layers_per_block=1, **extra)
 
 
-# ---- FLUX.1 -------------------------------------------------------------------------------------
+# ---- the pipelines: settings from models_dit.json, the shared widths added here ----------------------
+
+# family → component → its settings that are plain numbers and names.
+_CONFIGS: dict[str, dict[str, dict[str, Any]]] = json.loads(Path(__file__).with_suffix(".json").read_text())
+
+
+def _seeded_model(seed: int, cls: Any, **config: Any) -> Any:
+    """`cls(**config)` with torch seeded first: the same random weights on every build."""
+    _seeded(seed)
+    return cls(**config)
+
+
+def _quiet(pipe: Any) -> Any:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def build_flux_pipeline(seed: int = 100, guidance_embeds: bool = True) -> Any:
     """FLUX.1 dev (`guidance_embeds=True`, guidance-distilled) or schnell (False, timestep-distilled)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    _seeded(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels packed 2x2
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
+    c = _CONFIGS["flux"]
+    transformer = _seeded_model(
+        seed,
+        FluxTransformer2DModel,
+        **c["transformer"],
         joint_attention_dim=T5_HIDDEN,
         pooled_projection_dim=TEXT_HIDDEN,
         guidance_embeds=guidance_embeds,
-        axes_dims_rope=(4, 4, 8),
-    )
-    vae = _image_vae(
-        seed + 1,
-        4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
     )
     # schnell's repo configures no dynamic shifting; dev's does.
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=1.0 if not guidance_embeds else 3.0,
-        use_dynamic_shifting=guidance_embeds,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
+    shifts = {"shift": 3.0 if guidance_embeds else 1.0, "use_dynamic_shifting": guidance_embeds}
+    return _quiet(
+        FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**shifts, **c["scheduler"]),
+            vae=_image_vae(seed + 1, 4, **c["vae"]),
+            text_encoder=_clip(seed + 2),
+            tokenizer=_clip_tokenizer(),
+            text_encoder_2=_t5(seed + 3),
+            tokenizer_2=_t5_tokenizer(),
+            transformer=transformer,
+        )
     )
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=_clip(seed + 2),
-        tokenizer=_clip_tokenizer(),
-        text_encoder_2=_t5(seed + 3),
-        tokenizer_2=_t5_tokenizer(),
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# ---- Stable Diffusion 3 ---------------------------------------------------------------------------
 
 
 def build_sd3_pipeline(seed: int = 110) -> Any:
     """SD3 / 3.5: two CLIP encoders with projections and a T5 (`text_encoder_3`)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    _seeded(seed)
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        joint_attention_dim=T5_HIDDEN,
-        caption_projection_dim=32,
-        pooled_projection_dim=2 * TEXT_HIDDEN,  # both CLIPs' pooled projections, concatenated
-        out_channels=4,
-        pos_embed_max_size=32,
+    c = _CONFIGS["sd3"]
+    # The pooled projection is both CLIPs', concatenated.
+    widths = {"joint_attention_dim": T5_HIDDEN, "pooled_projection_dim": 2 * TEXT_HIDDEN}
+    return _quiet(
+        StableDiffusion3Pipeline(
+            transformer=_seeded_model(seed, SD3Transformer2DModel, **c["transformer"], **widths),
+            scheduler=FlowMatchEulerDiscreteScheduler(**c["scheduler"]),
+            vae=_image_vae(seed + 1, 4, **c["vae"]),
+            text_encoder=_clip(seed + 2, with_projection=True),
+            tokenizer=_clip_tokenizer(),
+            text_encoder_2=_clip(seed + 3, with_projection=True),
+            tokenizer_2=_clip_tokenizer(),
+            text_encoder_3=_t5(seed + 4),
+            tokenizer_3=_t5_tokenizer(),
+        )
     )
-    vae = _image_vae(
-        seed + 1,
-        4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5305,
-    )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae,
-        text_encoder=_clip(seed + 2, with_projection=True),
-        tokenizer=_clip_tokenizer(),
-        text_encoder_2=_clip(seed + 3, with_projection=True),
-        tokenizer_2=_clip_tokenizer(),
-        text_encoder_3=_t5(seed + 4),
-        tokenizer_3=_t5_tokenizer(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# ---- PixArt-Σ -------------------------------------------------------------------------------------
 
 
 def build_pixart_sigma_pipeline(seed: int = 120) -> Any:
     """PixArt-Σ: a DiT with a T5 encoder. `sample_size` 32 selects the 256 px aspect-ratio bins."""
     from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
-    _seeded(seed)
-    transformer = PixArtTransformer2DModel(
-        sample_size=32,
-        num_layers=1,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        caption_channels=T5_HIDDEN,
-        in_channels=4,
-        cross_attention_dim=16,
-        out_channels=8,  # learned sigma: twice the latent channels
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
+    c = _CONFIGS["pixart-sigma"]
+    transformer = _seeded_model(
+        seed, PixArtTransformer2DModel, **c["transformer"], caption_channels=T5_HIDDEN
     )
-    pipe = PixArtSigmaPipeline(
-        tokenizer=_t5_tokenizer(300),
-        text_encoder=_t5(seed + 2),
-        vae=_image_vae(seed + 1, 4),
-        transformer=transformer,
-        scheduler=DPMSolverMultistepScheduler(
-            beta_schedule="linear", beta_start=0.0001, beta_end=0.02, num_train_timesteps=1000
-        ),
+    return _quiet(
+        PixArtSigmaPipeline(
+            tokenizer=_t5_tokenizer(300),
+            text_encoder=_t5(seed + 2),
+            vae=_image_vae(seed + 1, 4),
+            transformer=transformer,
+            scheduler=DPMSolverMultistepScheduler(**c["scheduler"]),
+        )
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# ---- Wan 2.1 --------------------------------------------------------------------------------------
 
 
 def build_wan_pipeline(seed: int = 130) -> Any:
     """Wan 2.1 text-to-video: UMT5 encoder, a 3D DiT with 1x2x2 patches, the causal Wan VAE."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
-    _seeded(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=T5_HIDDEN,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=1,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
+    c = _CONFIGS["wan"]
+    return _quiet(
+        WanPipeline(
+            tokenizer=_t5_tokenizer(),
+            text_encoder=_t5(seed + 2, umt5=True),
+            vae=_seeded_model(seed + 1, AutoencoderKLWan, **c["vae"]),
+            scheduler=UniPCMultistepScheduler(**c["scheduler"]),
+            transformer=_seeded_model(seed, WanTransformer3DModel, **c["transformer"], text_dim=T5_HIDDEN),
+        )
     )
-    _seeded(seed + 1)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-    )
-    pipe = WanPipeline(
-        tokenizer=_t5_tokenizer(),
-        text_encoder=_t5(seed + 2, umt5=True),
-        vae=vae,
-        scheduler=scheduler,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# ---- LTX-Video ------------------------------------------------------------------------------------
 
 
 def build_ltx_pipeline(seed: int = 140) -> Any:
@@ -283,55 +210,19 @@ def build_ltx_pipeline(seed: int = 140) -> Any:
         LTXVideoTransformer3DModel,
     )
 
-    _seeded(seed)
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        num_layers=1,
-        caption_channels=T5_HIDDEN,
+    c = _CONFIGS["ltx"]
+    transformer = _seeded_model(
+        seed, LTXVideoTransformer3DModel, **c["transformer"], caption_channels=T5_HIDDEN
     )
-    _seeded(seed + 1)
-    vae = AutoencoderKLLTXVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=8,
-        block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, True, False),
-        decoder_spatio_temporal_scaling=(True, True, True, False),
-        decoder_inject_noise=(False, False, False, False, False),
-        upsample_residual=(False, False, False, False),
-        upsample_factor=(1, 1, 1, 1),
-        timestep_conditioning=False,
-        patch_size=4,
-        patch_size_t=1,
-        encoder_causal=True,
-        decoder_causal=False,
+    return _quiet(
+        LTXPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**c["scheduler"]),
+            vae=_seeded_model(seed + 1, AutoencoderKLLTXVideo, **c["vae"]),
+            text_encoder=_t5(seed + 2),
+            tokenizer=_t5_tokenizer(128),
+            transformer=transformer,
+        )
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
-        base_shift=0.95,
-        max_shift=2.05,
-        base_image_seq_len=1024,
-        max_image_seq_len=4096,
-        shift_terminal=0.1,
-    )
-    pipe = LTXPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=_t5(seed + 2),
-        tokenizer=_t5_tokenizer(128),
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ---- saving as the hub repos ship them --------------------------------------------------------------
