@@ -6,6 +6,8 @@
 #
 #   bash .ci/docker-setup.sh && make test-e2e
 set -euo pipefail
+# shellcheck source=.ci/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
@@ -14,13 +16,5 @@ have dockerd || need+=(docker.io)
 have docker-registry || need+=(docker-registry)
 have debootstrap || need+=(debootstrap)
 
-if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "docker-setup: root is needed to install ${need[*]}" >&2
-        exit 1
-    fi
-    echo "docker-setup: installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+apt_install_missing docker-setup "${need[@]}"
 echo "docker-setup: $(dockerd --version 2>/dev/null || /usr/sbin/dockerd --version)"

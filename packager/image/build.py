@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlsplit
 
 from artifact_format import manifest as mf
@@ -30,11 +30,13 @@ from packager.image.code import worker_code_digest
 from packager.image.context import CONTEXT_MTIME
 from packager.image.engine import connect, engine_platform, engine_problem
 from packager.image.push import is_pushed, push, push_all
-from packager.image.render import LABEL_ROLE, LABEL_WEIGHTS, RenderResult, identity, render
+from packager.image.render import LABEL_ROLE, LABEL_WEIGHTS, Identity, RenderResult, identity, render
 from packager.image.weights import WEIGHTS_CONTEXT
 from packager.source.recipe import LoadedRecipe
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from packager.convert.artifact import Artifact
 
 __all__ = [
@@ -55,16 +57,8 @@ __all__ = [
 _TAR_CHUNK = 1024 * 1024
 
 
-def find_built_image(
-    loaded: LoadedRecipe,
-    artifact_id: str,
-    mode: Mode,
-    *,
-    artifact_uri: str | None = None,
-    base_image: str | None = None,
-    client: Any = None,
-) -> BuildResult | None:
-    """The local image for this artifact and mode if it is up to date, else None.
+def find_built_image(loaded: LoadedRecipe, ident: Identity, client: Any = None) -> BuildResult | None:
+    """The local image a build of `ident` (`render.identity`) would make if it is up to date, else None.
 
     Up to date: the tag exists and its labels carry the same artifact id, worker code digest and
     config digest (base image, worker env, requirements, platform) as a build now would.
@@ -72,7 +66,6 @@ def find_built_image(
     import docker
 
     client = client or connect()
-    ident = identity(loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image)
     try:
         image = client.images.get(ident.tag)
     except docker.errors.ImageNotFound:
@@ -84,6 +77,17 @@ def find_built_image(
     return built_result(client, image.id, ident.tag, tags, skipped=True, weights_tag=ident.weights_tag)
 
 
+class BuildHow(TypedDict, total=False):
+    """How a context is built, as `build_context` takes it (and `build` passes it on)."""
+
+    push: bool
+    network: str | None
+    no_cache: bool
+    quiet: bool
+    echo: Callable[[str], None] | None
+    client: Any
+
+
 def build(
     loaded: LoadedRecipe,
     artifact: Artifact | None,
@@ -91,16 +95,11 @@ def build(
     artifact_id: str,
     mode: Mode,
     *,
-    push: bool = False,
     out_dir: Path | None = None,
     artifact_uri: str | None = None,
     base_image: str | None = None,
     pip_find_links: str | None = None,
-    network: str | None = None,
-    no_cache: bool = False,
-    quiet: bool = False,
-    echo: Callable[[str], None] | None = None,
-    client: Any = None,
+    **how: Unpack[BuildHow],
 ) -> BuildResult:
     """Build (or find up to date) the image for an artifact and mode, tag it, push it when asked.
 
@@ -112,17 +111,16 @@ def build(
         ImageError: no engine, a render error, the build or a push failed.
     """
     started = time.monotonic()
-    client = client or connect()
-    say = sayer(quiet, echo)
-    if not no_cache:
-        found = find_built_image(
-            loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image, client=client
-        )
+    client = how["client"] = how.get("client") or connect()
+    if not how.get("no_cache"):
+        ident = identity(loaded, artifact_id, mode, artifact_uri=artifact_uri, base_image=base_image)
+        found = find_built_image(loaded, ident, client)
         if found is not None:
+            say = sayer(how.get("quiet", False), how.get("echo"))
             say(
                 f"{found.tag} is up to date (artifact {short_id(artifact_id)}, same worker code): not rebuilt"
             )
-            if push:
+            if how.get("push"):
                 found = push_all(client, found, say)
             return replace(found, seconds=time.monotonic() - started)
     rendered = render(
@@ -136,10 +134,7 @@ def build(
         base_image=base_image,
         pip_find_links=pip_find_links,
     )
-    result = build_context(
-        loaded, rendered, push=push, network=network, no_cache=no_cache, quiet=quiet, echo=echo, client=client
-    )
-    return replace(result, seconds=time.monotonic() - started)
+    return replace(build_context(loaded, rendered, **how), seconds=time.monotonic() - started)
 
 
 def build_context(

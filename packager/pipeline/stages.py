@@ -81,7 +81,7 @@ def ensure_image(run: Run) -> Outcome:
     from packager.image import engine as image_engine
     from packager.image import push as image_push
     from packager.image.naming import image_tag
-    from packager.image.render import default_context_dir, plan, render
+    from packager.image.render import default_context_dir, identity, plan, render
 
     recipe = run.loaded.recipe
     options = run.image
@@ -99,9 +99,10 @@ def ensure_image(run: Run) -> Outcome:
     push = recipe.image.push if options.push is None else options.push
     artifact_uri = run.artifact_uri
     if policy != "render" and not options.no_cache:
-        existing = image_build.find_built_image(
+        ident = identity(
             run.loaded, artifact_id, run.mode, artifact_uri=artifact_uri, base_image=options.base_image
         )
+        existing = image_build.find_built_image(run.loaded, ident)
         if existing is not None:
             run.built = existing
             if push and not image_push.is_pushed(existing):
