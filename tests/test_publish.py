@@ -178,7 +178,7 @@ def test_a_cache_miss_with_a_store_and_a_volume_pulls_like_volume_mode(
 ) -> None:
     folder, artifact_id = tiny
     uri = upload_artifact(s3, folder, artifact_id)
-    (volume_mount / RUNPOD_CACHE).mkdir()
+    (volume_mount / RUNPOD_CACHE).mkdir(parents=True)
     env = {
         "MODEL_REPO": "publisher/tiny-missing",
         "MODEL_COMMIT": "1" * 40,

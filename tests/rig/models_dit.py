@@ -101,7 +101,8 @@ def _image_vae(seed: int, latent_channels: int, **extra: Any) -> Any:
 
 # ---- the pipelines: settings from models_dit.json, the shared widths added here ----------------------
 
-# family → component → its settings that are plain numbers and names.
+# family → component → its settings that are plain numbers and names. Flux's transformer takes 16
+# input channels (4 latent channels packed 2x2); PixArt's gives out 8 (learned sigma: twice the latent).
 _CONFIGS: dict[str, dict[str, dict[str, Any]]] = json.loads(Path(__file__).with_suffix(".json").read_text())
 
 
