@@ -398,7 +398,7 @@ def main(argv: list[str]) -> int:
                     _evict(all_weights)
                 run = _run_once(setup, variant, args.until == "ready")
                 raw[variant].append(run)
-                shown = ", ".join(f"{k} {v:.2f}" for k, v in run.marks.items())
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in [*run.marks.items(), ("cpu_s", run.cpu_s)])
                 print(f"  [{cache}] run {i + 1}/{args.runs} {variant}: {shown}", file=sys.stderr)
         table = {v: summarise(rs) for v, rs in raw.items()}
         goals = targets(table, args.tiny)
