@@ -49,7 +49,8 @@ OUTPUTS = ("base64", "s3")
 # docker-diffusers-api's old short scheduler names, still sent by some clients.
 SCHEDULER_ALIASES = {"LMS": "LMSDiscreteScheduler", "DDIM": "DDIMScheduler", "PNDM": "PNDMScheduler"}
 
-RUNPOD_FIELDS = (
+# The fields both request shapes take under the same names.
+_SHARED_FIELDS = (
     "prompt",
     "negative_prompt",
     "num_inference_steps",
@@ -58,6 +59,9 @@ RUNPOD_FIELDS = (
     "width",
     "height",
     "seed",
+)
+RUNPOD_FIELDS = (
+    *_SHARED_FIELDS,
     "num_images",
     "max_sequence_length",
     "num_frames",
@@ -69,14 +73,7 @@ RUNPOD_FIELDS = (
     "strength",
 )
 MODEL_INPUTS = (
-    "prompt",
-    "negative_prompt",
-    "num_inference_steps",
-    "guidance_scale",
-    "true_cfg_scale",
-    "width",
-    "height",
-    "seed",
+    *_SHARED_FIELDS,
     "num_images_per_prompt",
     "max_sequence_length",
     "num_frames",
