@@ -7,7 +7,7 @@ a 400-digit int with a float exactly, where float() of it, or formatting it, wou
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, cast
 
 from worker_runtime.errors import RequestError, kind_of, short, type_name
 from worker_runtime.family import CallSpec
@@ -47,24 +47,29 @@ def whole(values: Mapping[str, Any], key: str, default: int, lo: int, hi: int, p
     # JSON clients often send 30.0 for 30; accept whole floats, refuse 30.5 and true.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{prefix}{key}: must be a whole number (got {short(value)})")
-    if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo} and {hi} (got {short(value)})")
-    return value
+    return int(_bounded(value, int, "a whole number", lo, hi, f"{prefix}{key}"))
 
 
 def number(values: Mapping[str, Any], key: str, default: Any, lo: float, hi: float, prefix: str) -> Any:
     value = values.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise RequestError(f"{prefix}{key}: must be a number (got {short(value)})")
+    return float(_bounded(value, (int, float), "a number", lo, hi, f"{prefix}{key}"))
+
+
+def _bounded(value: Any, kinds: type | tuple[type, ...], what: str, lo: float, hi: float, where: str) -> Any:
+    """`value` when it is of `kinds` (never a bool, never NaN) and within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+        raise RequestError(f"{where}: must be {what} (got {short(value)})")
     # Compared before any conversion: Python compares a 400-digit int with a float exactly, where
     # float() of it would raise; infinities fail the bounds.
-    if not lo <= value <= hi:
-        raise RequestError(f"{prefix}{key}: must be between {lo:g} and {hi:g} (got {short(value)})")
-    return float(value)
+    if not lo <= cast("float", value) <= hi:
+        raise RequestError(f"{where}: must be between {_bound(lo)} and {_bound(hi)} (got {short(value)})")
+    return value
+
+
+def _bound(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def side(

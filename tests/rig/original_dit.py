@@ -41,10 +41,13 @@ _FLUX_RENAMES = {
     "single_transformer_blocks.{i}.attn.norm_k": "single_blocks.{i}.norm.key_norm",
     "single_transformer_blocks.{i}.proj_out": "single_blocks.{i}.linear2",
 }
+# The joint blocks' image and text q/k/v, which both originals store fused along dim 0.
+_JOINT_QKV = ["transformer_blocks.{i}.attn.to_" + p for p in "qkv"]
+_ADDED_QKV = [f"transformer_blocks.{{i}}.attn.add_{p}_proj" for p in "qkv"]
 # original name ← the diffusers tensors joined along dim 0, in this order.
 _FLUX_FUSED = {
-    "double_blocks.{i}.img_attn.qkv": ["transformer_blocks.{i}.attn.to_" + p for p in "qkv"],
-    "double_blocks.{i}.txt_attn.qkv": [f"transformer_blocks.{{i}}.attn.add_{p}_proj" for p in "qkv"],
+    "double_blocks.{i}.img_attn.qkv": _JOINT_QKV,
+    "double_blocks.{i}.txt_attn.qkv": _ADDED_QKV,
     "single_blocks.{i}.linear1": [
         *("single_transformer_blocks.{i}.attn.to_" + p for p in "qkv"),
         "single_transformer_blocks.{i}.proj_mlp",
@@ -68,8 +71,8 @@ _SD3_RENAMES = {
     "transformer_blocks.{i}.ff_context.net.2": "joint_blocks.{i}.context_block.mlp.fc2",
 }
 _SD3_FUSED = {
-    "joint_blocks.{i}.x_block.attn.qkv": ["transformer_blocks.{i}.attn.to_" + p for p in "qkv"],
-    "joint_blocks.{i}.context_block.attn.qkv": [f"transformer_blocks.{{i}}.attn.add_{p}_proj" for p in "qkv"],
+    "joint_blocks.{i}.x_block.attn.qkv": _JOINT_QKV,
+    "joint_blocks.{i}.context_block.attn.qkv": _ADDED_QKV,
 }
 
 
