@@ -51,6 +51,15 @@ NAME_RE = re.compile(_NAME)
 MAX_NAME_LEN = 255
 
 
+def all_match(values: tuple[str, ...], pattern: str, what: str) -> tuple[str, ...]:
+    """`values` when each one matches `pattern` whole; else a ValueError naming the first that does
+    not (clipped: a recipe's value is never echoed unbounded)."""
+    for value in values:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"not {what}: {clip(value)}")
+    return values
+
+
 def clip(value: object, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters: what an error message may quote of user input."""
     text = repr(value)

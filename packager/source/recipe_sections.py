@@ -119,10 +119,7 @@ class Components(Strict):
     @field_validator("drop")
     @classmethod
     def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not re.match(r"^[A-Za-z0-9_]+$", name):
-                raise ValueError(f"not a component name: {edges.clip(name)}")
-        return tuple(sorted(set(value)))
+        return tuple(sorted(set(edges.all_match(value, r"[A-Za-z0-9_]+", "a component name"))))
 
 
 class Store(Strict):
@@ -168,10 +165,7 @@ class Image(Strict):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for tag in value:
-            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
-                raise ValueError(f"not a valid image tag: {edges.clip(tag)}")
-        return value
+        return edges.all_match(value, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "a valid image tag")
 
     @field_validator("base")
     @classmethod
