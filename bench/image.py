@@ -5,7 +5,8 @@ For each layout and run, in a fresh process, on the offline Docker rig (tests/ri
 
   full build     `--no-cache` build: pip layer, weights, code (a machine with no cache pays this)
   first build    v1 on a cache that has the base and pip layers: the weights and the code
-  code rebuild   v2 = v1 with one line of worker code changed, built on v1's cache
+  code rebuild   v2 = v1 with one line of worker code changed, built on v1's cache (layered: the
+                 median of CODE_REBUILDS successive one-line changes, each on the last one's cache)
   push           v1 to an empty repository of the loopback registry (base and pip layers are in
                  the registry already, as they would be after the first release)
   code re-push   v2 after v1: what a code-only release uploads
@@ -45,6 +46,8 @@ LAYOUTS = ("layered", "single")
 TARGET_LARGE_REBUILD_RATIO = 0.05
 TARGET_SIZE_GROWTH = 1.10
 CODE_STEPS = ("code", "compile")
+# Code-only rebuilds per layered run (the single-layer baseline resends every weight byte each time).
+CODE_REBUILDS = 5
 
 
 def _recipe(folder: Path, rig: dict[str, str], repository: str) -> Any:
@@ -136,21 +139,9 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
     with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
         work = Path(tmp)
         loaded = _recipe(work, rig, repository)
-        # v0: a build from nothing but the base image, then dropped with its whole layer chain.
-        rendered = render.render(
-            loaded, art, manifest, art.id, "baked", work / "ctx-v0", pip_find_links=rig["find_links"]
-        )
-        if layout == "single":
-            rendered = _single_layer(rendered)
-        started = time.perf_counter()
-        built = image_build.build_context(loaded, rendered, no_cache=True, quiet=True, client=client)
-        out["full_build_s"] = time.perf_counter() - started
-        client.images.remove(built.image_id, force=True)
-        _drop(client, repository)
-        tags = {}
-        for version in ("v1", "v2"):
-            if version == "v2":
-                _code_copy(work / "code-v2", f"code-only change, run {run}")
+
+        def context(version: str) -> Any:
+            """This layout's build context for the code as it is now, rendered into ctx-<version>."""
             rendered = render.render(
                 loaded,
                 art,
@@ -160,8 +151,20 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
                 work / f"ctx-{version}",
                 pip_find_links=rig["find_links"],
             )
-            if layout == "single":
-                rendered = _single_layer(rendered)
+            return _single_layer(rendered) if layout == "single" else rendered
+
+        # v0: a build from nothing but the base image, then dropped with its whole layer chain.
+        rendered = context("v0")
+        started = time.perf_counter()
+        built = image_build.build_context(loaded, rendered, no_cache=True, quiet=True, client=client)
+        out["full_build_s"] = time.perf_counter() - started
+        client.images.remove(built.image_id, force=True)
+        _drop(client, repository)
+        tags = {}
+        for version in ("v1", "v2"):
+            if version == "v2":
+                _code_copy(work / "code-v2", f"code-only change, run {run}")
+            rendered = context(version)
             started = time.perf_counter()
             built = image_build.build_context(loaded, rendered, quiet=True, client=client)
             key = "first_build" if version == "v1" else "code_rebuild"
@@ -182,6 +185,18 @@ def _child(layout: str, run: int, rig: dict[str, str], artifact_dir: Path) -> di
                 out["image_bytes"] = built.size
                 out["layers"] = [{"step": x.step, "bytes": x.size} for x in built.layers]
                 out["code_layers_bytes"] = sum(x.size for x in built.layers if x.step in CODE_STEPS)
+        if layout == "layered":
+            # More code-only rebuilds, each a new change on the last: the median is the figure the
+            # size sweep compares, and one rebuild of a few seconds is noisy on a shared machine.
+            times = [out["code_rebuild_s"]]
+            for extra in range(3, 2 + CODE_REBUILDS):
+                _code_copy(work / f"code-v{extra}", f"code-only change {extra}, run {run}")
+                rendered = context(f"v{extra}")
+                started = time.perf_counter()
+                image_build.build_context(loaded, rendered, quiet=True, client=client)
+                times.append(time.perf_counter() - started)
+            out["code_rebuilds"] = [round(t, 2) for t in times]
+            out["code_rebuild_s"] = statistics.median(times)
         # Drop both versions (and the build cache that holds their weight layers), then pull.
         _drop(client, repository)
         for version, key in (("v1", "pull_s"), ("v2", "code_pull_s")):
@@ -390,6 +405,10 @@ def main(argv: list[str]) -> int:
             if done is None:
                 return 1
             runs += done
+            # Each size's runs as soon as they are done: a sweep cut short keeps what it measured.
+            partial = RESULTS.with_suffix(".partial.json")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
     finally:
         rig.stop()
     tables = {size: _summarise([r for r in runs if r["size_mb"] == size]) for size in sizes}
