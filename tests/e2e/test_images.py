@@ -367,6 +367,7 @@ def test_code_only_rebuild_reuses_every_weight_layer(
     loaded: LoadedRecipe,
     tiny: tuple[Path, Artifact],
     ship_code: Callable[[str], None],
+    work: Path,
 ) -> None:
     _, art = tiny
     ship_code("v2")
