@@ -29,6 +29,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -154,6 +155,8 @@ class LocalHub(LoopbackServer, UploadSide):
         self.repos: dict[str, Repo] = {}
         self.stats = Stats()
         self._lock = threading.RLock()
+        # Requests being answered right now (the stats settle on none).
+        self.in_flight = 0
         self._commit_counter = 0
         self._init_upload_side()
 
@@ -297,19 +300,29 @@ class LocalHub(LoopbackServer, UploadSide):
 
     # ---- what tests assert -----------------------------------------------------------------------------
 
+    def _settled(self, timeout_s: float = 10.0) -> None:
+        """Wait (a while, at most) for requests being answered: a response's last bytes reach the
+        client before the handler records them, so a test asking right after would see too few."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def reset_stats(self) -> None:
+        self._settled()
         with self._lock:
             self.stats = Stats()
             self.received = Received()
 
     def bytes_sent(self, repo_id: str | None = None) -> int:
         """Body bytes of file downloads (resolve GETs), for one repo or all."""
+        self._settled()
         with self._lock:
             prefix = f"{repo_id}/" if repo_id else ""
             return sum(n for k, n in self.stats.bytes_by_file.items() if k.startswith(prefix))
 
     def files_sent(self, repo_id: str) -> dict[str, int]:
         """Repo path → body bytes sent for it (files never downloaded are absent)."""
+        self._settled()
         with self._lock:
             prefix = f"{repo_id}/"
             return {
@@ -317,6 +330,7 @@ class LocalHub(LoopbackServer, UploadSide):
             }
 
     def requests(self, method: str | None = None) -> list[tuple[str, str, int]]:
+        self._settled()
         with self._lock:
             return [r for r in self.stats.requests if method is None or r[0] == method]
 
@@ -524,6 +538,16 @@ class _Handler(BaseHTTPRequestHandler):
         return token
 
     def _dispatch(self, method: str) -> None:
+        hub = self.local_hub
+        with hub._lock:
+            hub.in_flight += 1
+        try:
+            self._answer(method)
+        finally:
+            with hub._lock:
+                hub.in_flight -= 1
+
+    def _answer(self, method: str) -> None:
         hub = self.local_hub
         split = urlsplit(self.path)
         segments = split.path.strip("/").split("/")

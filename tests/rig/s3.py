@@ -67,6 +67,8 @@ class Traffic:
     # Seconds to sleep before answering a request that `throttle` selects (None: no throttle).
     delay_s: float = 0.0
     throttle: Callable[[Request], bool] | None = None
+    # Requests the server has begun and not yet answered (a killed client's last ones included).
+    in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -78,6 +80,22 @@ class Traffic:
     def record(self, req: Request) -> None:
         with self._lock:
             self.requests.append(req)
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait until no request is being answered: what a killed client sent has landed."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.in_flight} S3 request(s) still in flight after {timeout_s} s")
+            time.sleep(0.01)
 
     def select(self, bucket: str | None = None, op: str | None = None) -> list[Request]:
         with self._lock:
@@ -133,6 +151,21 @@ class _Counting:
         path = environ.get("PATH_INFO", "")
         query = environ.get("QUERY_STRING", "")
         op = _op(method, path, query)
+        self.traffic.begin()
+        try:
+            return self._answer(environ, start_response, method, path, query, op)
+        finally:
+            self.traffic.end()
+
+    def _answer(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        method: str,
+        path: str,
+        query: str,
+        op: str,
+    ) -> list[bytes]:
         probe = Request(method, path, query, op, 0, 0, 0)
         throttle = self.traffic.throttle
         if throttle is not None and self.traffic.delay_s and throttle(probe):
