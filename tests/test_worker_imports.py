@@ -28,7 +28,8 @@ torch = imports.import_torch()
 cls = imports.import_pipeline_class(mf.load(model).pipeline)
 from worker_runtime import shims
 out["lazy_after_import"] = shims.lazy_dynamo_active()
-UNUSED = ("peft", "torch.distributed.tensor", "torch.distributed.fsdp", "sympy")
+UNUSED = ("peft", "torch.distributed.tensor", "torch.distributed.fsdp", "sympy", "scipy.stats._stats_py",
+          "scipy.optimize", "scipy.integrate._quadpack_py", "diffusers.models.transformers.transformer_flux")
 def loaded_unused():
     return [m for m in UNUSED if sys.modules.get(m) is not None]
 out["unused_after_import"] = loaded_unused()
@@ -94,7 +95,16 @@ def test_dynamo_stays_unloaded_through_a_job_and_compile_works_with_registration
 
 def test_without_the_shim_dynamo_is_imported_and_compile_gives_the_same_answers(artifact: Path) -> None:
     out = probe(artifact, WORKER_TRIM_IMPORTS="0")
-    unused = ["peft", "torch.distributed.tensor", "torch.distributed.fsdp", "sympy"]
+    unused = [
+        "peft",
+        "torch.distributed.tensor",
+        "torch.distributed.fsdp",
+        "sympy",
+        "scipy.stats._stats_py",
+        "scipy.optimize",
+        "scipy.integrate._quadpack_py",
+        "diffusers.models.transformers.transformer_flux",
+    ]
     assert out["unused_after_import"] == unused
     assert not out["lazy_after_import"]
     assert not out["lazy_after_job"]
@@ -119,6 +129,58 @@ def test_images_are_bit_identical_with_and_without_the_trimmed_imports_and_in_me
     assert pngs[0] == pngs[1] == pngs[2]
 
 
+# What the deferred modules serve once asked: beta sigmas (scipy.stats), LMS coefficients
+# (scipy.integrate), and a DiT class read from diffusers' models/transformers package.
+DEFERRED_USE = r"""
+import json, sys
+from worker_runtime import imports
+torch = imports.import_torch()
+imports.import_pipeline_class("StableDiffusionPipeline")
+before = [m for m in ("scipy.stats._stats_py", "scipy.integrate._quadpack_py") if m in sys.modules]
+from diffusers import EulerDiscreteScheduler, LMSDiscreteScheduler
+euler = EulerDiscreteScheduler(use_beta_sigmas=True)
+euler.set_timesteps(6)
+lms = LMSDiscreteScheduler()
+lms.set_timesteps(4)
+sample = torch.ones(1, 1, 2, 2)
+for t in lms.timesteps[:3]:
+    sample = lms.step(sample * 0.5, t, sample).prev_sample
+from diffusers.models.transformers import FluxTransformer2DModel
+import diffusers.models.transformers as package
+print("USE " + json.dumps({
+    "before": before,
+    "sigmas": euler.sigmas.tolist(),
+    "lms": sample.flatten().tolist(),
+    "flux": FluxTransformer2DModel.__module__,
+    "package_is_real": type(sys.modules["diffusers.models.transformers"]).__name__ == "module"
+        and hasattr(package, "SD3Transformer2DModel"),
+}))
+"""
+
+
+def test_deferred_modules_load_on_first_use_and_answer_as_the_plain_imports() -> None:
+    answers = []
+    for trim in ("1", "0"):
+        proc = subprocess.run(
+            [sys.executable, "-c", DEFERRED_USE],
+            env=worker_env(None, WORKER_TRIM_IMPORTS=trim),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("USE "))
+        answers.append(json.loads(line[len("USE ") :]))
+    trimmed, plain = answers
+    assert trimmed["before"] == []
+    assert plain["before"] == ["scipy.stats._stats_py", "scipy.integrate._quadpack_py"]
+    for key in ("sigmas", "lms", "flux", "package_is_real"):
+        assert trimmed[key] == plain[key], key
+    assert trimmed["flux"].startswith("diffusers.models.transformers.")
+    assert trimmed["package_is_real"]
+
+
 def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -> None:
     code = (
         "import sys, torch\n"
@@ -127,10 +189,15 @@ def test_an_unsupported_library_version_keeps_the_plain_import(tmp_path: Path) -
         "why = shims.install_lazy_dynamo()\n"
         "from worker_runtime import trim\n"
         "assert trim.hide_peft() == trim.hide_distributed() == why, why\n"
+        "assert trim.defer_scipy_stats() == trim.detection_losses_without_scipy() == why, why\n"
+        "assert trim.defer_diffusers_transformers() == why, why\n"
         "import diffusers.utils.torch_utils, transformers.distributed.sharding_utils\n"
         "import importlib.util\n"
         "assert importlib.util.find_spec('peft') is not None, 'peft hidden'\n"
         "assert 'torch.distributed.tensor' in sys.modules\n"
+        "import scipy.stats, diffusers.models.transformers\n"
+        "assert 'scipy.stats._stats_py' in sys.modules, 'scipy.stats deferred'\n"
+        "assert 'diffusers.models.transformers.transformer_flux' in sys.modules, 'DiTs deferred'\n"
         "print(why, '|', type(sys.modules['torch._dynamo']).__name__, shims.lazy_dynamo_active())\n"
     )
     proc = subprocess.run(

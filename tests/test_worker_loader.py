@@ -138,6 +138,22 @@ def test_hashes_are_checked_while_reading_and_a_changed_byte_stops_the_start(
             readahead.start(sorted(expected), expected, keep=keep).check()
 
 
+def test_mapped_hashing_covers_empty_files_and_many_chunks(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(readahead, "HASH_CHUNK", 64 * 1024)
+    sizes = {"empty": 0, "one": 1, "chunks": 3 * 64 * 1024 + 5}
+    files: dict[Path, str] = {}
+    for name, size in sizes.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(os.urandom(size))
+        files[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+    reader = readahead.start(sorted(files), files, threads=2)
+    reader.check()
+    assert reader.bytes_read == sum(sizes.values())
+    wrong = {path: ("0" * 64 if path.name == "chunks.safetensors" else want) for path, want in files.items()}
+    with pytest.raises(StartError, match=r"chunks\.safetensors: sha256"):
+        readahead.start(sorted(wrong), wrong).check()
+
+
 def test_a_file_that_cannot_be_read_fails_the_hash_check(tmp_path: Path) -> None:
     missing = tmp_path / "gone.safetensors"
     with pytest.raises(StartError, match=f"{missing}: could not be read"):

@@ -13,8 +13,9 @@ Each function imports one thing and returns it, so handler.py can time them sepa
   /proc/cpuinfo for the duration of the import and put py-cpuinfo back afterwards.
 - `torch._dynamo` (the torch.compile front end, over a second) is replaced by a stand-in that loads
   it on first real use (shims.py) before diffusers and transformers import it; transformers'
-  distributed machinery (with sympy) and peft are kept out too (trim.py). WORKER_TRIM_IMPORTS=0
-  keeps the plain imports (to compare, or to rule the shims out).
+  distributed machinery (with sympy), peft, scipy's stats/integrate/optimize and diffusers' DiT
+  package are kept out too (trim.py). WORKER_TRIM_IMPORTS=0 keeps the plain imports (to compare,
+  or to rule the shims out).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def import_pipeline_class(name: str) -> Any:
 
         trim.hide_peft()
         trim.hide_distributed()
+        trim.defer_scipy_stats()
+        trim.detection_losses_without_scipy()
+        trim.defer_diffusers_transformers()
     import diffusers
 
     cls = getattr(diffusers, name, None) if name.isidentifier() else None

@@ -9,8 +9,8 @@ for the price of the hashing CPU, on cores the import thread does not use.
 Three ways to read, chosen by the caller:
 - no hashing, page cache only: `sendfile` into /dev/null, so the kernel fills the page cache
   without a copy into Python (a few percent of a core);
-- hashing: 16 MiB `pread`s into a buffer per thread, hashed (hashlib releases the GIL), files in
-  parallel on `threads` threads;
+- hashing: each file mapped read-only and hashed 16 MiB at a time straight from the page cache
+  (no copy; hashlib releases the GIL), files in parallel on `threads` threads;
 - `keep=True` (network storage, see storage.py): each file read into one buffer of its own by
   several threads in 32 MiB `preadv` chunks at once, each chunk hashed as soon as the chunks before
   it are in; the loader builds its tensors on those buffers instead of faulting pages in through a
@@ -23,6 +23,7 @@ real problem); a hash that does not match, or a file the hashing could not read,
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 import time
@@ -113,20 +114,32 @@ class Readahead:
             if want is None:
                 self._count(_read_into_cache(path))
                 return
-            digest = hashlib.sha256()
-            buf = memoryview(bytearray(HASH_CHUNK))
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                offset = 0
-                while n := os.preadv(fd, [buf], offset):
-                    digest.update(buf[:n])
-                    offset += n
-                    self._count(n)
-            finally:
-                os.close(fd)
-            self._verdict(path, digest.hexdigest(), want)
+            self._verdict(path, self._hash_mapped(path), want)
         except OSError as exc:
             self._fail_read(exc)
+
+    def _hash_mapped(self, path: Path) -> str:
+        """sha256 of the file hashed straight from the page cache through a read-only map.
+
+        `pread` into a buffer copies every byte once more before hashing it: about a third more
+        CPU than the hash itself (4.27 GB: 3.8 vs 2.8 CPU s here), on the core the imports share.
+        """
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return digest.hexdigest()
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    for offset in range(0, size, HASH_CHUNK):
+                        chunk = view[offset : offset + HASH_CHUNK]
+                        digest.update(chunk)
+                        self._count(len(chunk))
+                        chunk.release()
+                finally:
+                    view.release()
+        return digest.hexdigest()
 
     def _verdict(self, path: Path, got: str, want: str) -> None:
         if got != want:
