@@ -191,18 +191,6 @@ def resolve_auto(index: Mapping[str, Any]) -> ComputePrecision:
     return "fp16"
 
 
-def resolved_line(precision: str, index: Mapping[str, Any]) -> str:
-    """What `lock`, `convert` and `validate` say about the recipe's precision for this source."""
-    if precision == "auto":
-        return f"precision: auto → {resolve_auto(index)}"
-    if precision == "fp8":
-        denoisers = [c for c in DENOISERS if c in component_classes(index)]
-        stored = ", ".join(denoisers) or "no denoiser"
-        compute = resolve_auto(index)
-        return f"precision: fp8 → {stored} in {FP8_STORAGE}, computing in {compute}; the rest {compute}"
-    return f"precision: {precision}"
-
-
 def plan_precision(
     index: Mapping[str, Any],
     config_root: Path,
