@@ -21,7 +21,7 @@ from packager.store.s3 import S3Store
 from packager.store.stores import open_store_uri, split_artifact_uri
 from tests.rig.cli import run_packager
 from tests.rig.fixtures_s3 import S3Env
-from tests.rig.s3 import demo_artifact, load_artifact, small_parts, synthetic_artifact
+from tests.rig.s3 import Request, demo_artifact, load_artifact, small_parts, synthetic_artifact
 
 MiB = 1024 * 1024
 SMALL_PARTS = small_parts()
@@ -136,19 +136,13 @@ UPLOADER = textwrap.dedent(
 )
 
 
-def one_done_one_part_way(s3: S3Env, artifact) -> bool:
-    """A file is in, and a multipart upload is missing parts (so it cannot complete yet)."""
-    reqs = s3.traffic.select(s3.bucket)
-    done = {r.path for r in reqs if r.op in ("PutObject", "CompleteMultipartUpload")}
-    parts: dict[str, int] = {}
-    for r in reqs:
-        if r.op == "UploadPart":
-            parts[r.path] = parts.get(r.path, 0) + 1
-    prefix = f"/{s3.bucket}/models/demo/{artifact.id}/"
-    return bool(done) and any(
-        n < -(-artifact.manifest.file(path[len(prefix) :]).size // SMALL_PARTS.chunk_size)
-        for path, n in parts.items()
-    )
+def a_part_after_a_file_is_in(s3: S3Env, request: Request) -> bool:
+    """The request uploads a part, and some file is already complete: holding that part leaves
+    its multipart upload part-way for good, whatever else was in flight."""
+    if request.op != "UploadPart":
+        return False
+    done = ("PutObject", "CompleteMultipartUpload")
+    return any(r.op in done and r.status == 200 for r in s3.traffic.select(s3.bucket))
 
 
 def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> None:
@@ -156,9 +150,11 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
     folder, artifact_id = synthetic_artifact(tmp_path / "artifact", 48 * MiB, name="demo", seed=3)
     artifact = load_artifact(folder)
     prefix = f"models/demo/{artifact_id}/"
-    # Every upload request waits a little, so the kill lands mid-way, after some files are in.
+    # Every upload request waits a little; from the first part uploaded after a file is in, the rig
+    # holds every request, so the kill lands exactly there.
     s3.traffic.delay_s = 0.15
     s3.traffic.throttle = lambda r: r.method in ("PUT", "POST")
+    s3.traffic.hold_from = lambda r: a_part_after_a_file_is_in(s3, r)
     proc = subprocess.Popen(
         [sys.executable, "-c", UPLOADER, s3.uri("models"), str(folder)],
         cwd=ROOT,
@@ -166,7 +162,7 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
     )
     try:
         deadline = time.monotonic() + 60
-        while not one_done_one_part_way(s3, artifact):
+        while not s3.traffic.holding:
             seen = [(r.op, r.path.rsplit("/", 1)[-1]) for r in s3.traffic.select(s3.bucket)]
             assert proc.poll() is None, f"the uploader finished before it could be killed: {seen}"
             assert time.monotonic() < deadline
@@ -174,7 +170,9 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    # The server finishes what the killed client had already sent; count files after that.
+    # Requests the killed client had sent are refused (held ones) or finish (ones begun before the
+    # hold); count files after that.
+    s3.traffic.release()
     s3.traffic.settle()
     s3.traffic.reset()
     store = open_store_uri(s3.uri("models"), settings=SMALL_PARTS)

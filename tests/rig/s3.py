@@ -69,13 +69,45 @@ class Traffic:
     throttle: Callable[[Request], bool] | None = None
     # Requests the server has begun and not yet answered (a killed client's last ones included).
     in_flight: int = 0
+    # Once `hold_from` answers True for a request, that request and every later one waits, and is
+    # then refused with 503 unanswered by the store: a client can be killed at an exact point.
+    hold_from: Callable[[Request], bool] | None = None
+    holding: int = 0
+    _held: bool = False
+    _release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
+        self._release.set()
         with self._lock:
             self.requests.clear()
             self.delay_s = 0.0
             self.throttle = None
+            self.hold_from = None
+            self._held = False
+
+    def held(self, probe: Request) -> bool:
+        """True when this request is to wait for `release()` (see `hold_from`); latches."""
+        hold_from = self.hold_from
+        if hold_from is None:
+            return False
+        start = self._held or hold_from(probe)  # hold_from may read the record: not under the lock
+        with self._lock:
+            if start and not self._held:
+                self._held = True
+                self._release.clear()
+            if self._held:
+                self.holding += 1
+            return self._held
+
+    def wait_released(self) -> None:
+        self._release.wait(timeout=120)
+        with self._lock:
+            self.holding -= 1
+
+    def release(self) -> None:
+        """Let every held request go (each answered 503, the store untouched)."""
+        self._release.set()
 
     def record(self, req: Request) -> None:
         with self._lock:
@@ -167,6 +199,12 @@ class _Counting:
         op: str,
     ) -> list[bytes]:
         probe = Request(method, path, query, op, 0, 0, 0)
+        if self.traffic.held(probe):
+            self.traffic.wait_released()
+            body = b"<Error><Code>SlowDown</Code><Message>held by the test rig</Message></Error>"
+            start_response("503 Slow Down", [("Content-Type", "application/xml")])
+            self.traffic.record(Request(method, path, query, op, 0, len(body), 503))
+            return [body]
         throttle = self.traffic.throttle
         if throttle is not None and self.traffic.delay_s and throttle(probe):
             time.sleep(self.traffic.delay_s)
