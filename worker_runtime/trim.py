@@ -1,7 +1,7 @@
 """Library features a serving process never uses, kept out of its start-up (after shims.py's dynamo).
 
-`python -X importtime` of a worker start on transformers 5 / diffusers 0.42 shows two more groups
-of modules that an inference-only, single-process worker imports and never calls:
+`python -X importtime` of a worker start on transformers 5 / diffusers 0.42 shows more groups of
+modules that an inference-only, single-process worker imports and never calls:
 
 - **torch.distributed's tensor, FSDP and checkpoint packages, and sympy with them** (about 1 s of a
   core): transformers imports them at module load whenever `torch.distributed.is_available()`
@@ -13,18 +13,16 @@ of modules that an inference-only, single-process worker imports and never calls
   adapters. LoRAs reach a worker fused into the weights at packaging time; the worker never loads an
   adapter. `hide_peft` makes peft look not installed to diffusers and transformers, so both take the
   path they take without it (no adapter layers to scale: the same arithmetic).
-
 - **scipy.stats, scipy.integrate and scipy.optimize** (about 0.7 s together): every diffusers
   scheduler module does `import scipy.stats` at load for one call (`scipy.stats.beta.ppf`, only with
   `use_beta_sigmas`), the LMS scheduler `from scipy import integrate` for `integrate.quad`,
   and transformers' object-detection losses import `scipy.optimize` for their Hungarian matcher,
-  reached from `modeling_utils` through `loss_utils`. `defer_scipy_stats` puts a lazily executed
-  stand-in for `scipy.stats` and `scipy.integrate` that imports the real module on the first
+  reached from `modeling_utils` through `loss_utils`. `defer_scipy_stats` puts a
+  stand-in in place of `scipy.stats` and `scipy.integrate` that imports the real module on the first
   attribute read, so a beta-sigmas or LMS schedule still gets the real functions;
   `detection_losses_without_scipy` imports transformers' loss modules while transformers answers
   "no scipy", which is what they see where scipy is not installed (a worker never trains a
   detector; everything else in transformers still sees scipy).
-
 - **diffusers' `models/transformers` package** (about 0.4 s): its `__init__` imports every DiT
   class (and through one of them torch's functional collectives) when SD's UNet blocks import one
   module of it; `defer_diffusers_transformers` lets that module import alone.
