@@ -43,6 +43,7 @@ import importlib.util
 import sys
 import threading
 from collections.abc import Callable
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import cast
 
@@ -59,13 +60,14 @@ def hide_distributed() -> str | None:
     return None
 
 
-def _too_late(prefix: str) -> str | None:
-    """Why a trim cannot apply: an unsupported library version, or modules under `prefix` loaded."""
+def _too_late(*prefixes: str) -> str | None:
+    """Why a trim cannot apply: an unsupported library version, or modules under a prefix loaded."""
     ok, why = shims.versions_supported()
     if not ok:
         return why
-    if any(name.startswith(prefix) for name in sys.modules):
-        return f"modules under {prefix} are already imported"
+    for prefix in prefixes:
+        if any(name.startswith(prefix) for name in sys.modules):
+            return f"modules under {prefix} are already imported"
     return None
 
 
@@ -102,12 +104,10 @@ def hide_peft() -> str | None:
 
 def defer_scipy_stats() -> str | None:
     """`scipy.stats` and `scipy.integrate` load on their first attribute read, not at import."""
-    ok, why = shims.versions_supported()
-    if not ok:
-        return why
     names = ("scipy.stats", "scipy.integrate")
-    if any(name in sys.modules for name in names):
-        return "scipy.stats or scipy.integrate is already imported"
+    why = _too_late(*names)
+    if why:
+        return why
     try:
         scipy = importlib.import_module("scipy")
     except ImportError:
@@ -116,10 +116,8 @@ def defer_scipy_stats() -> str | None:
     if any(spec is None for spec in specs):
         return "scipy.stats or scipy.integrate cannot be found"
     for name, spec in zip(names, specs, strict=True):
-        stand_in = _Deferred(name)
-        stand_in.__spec__ = spec
-        # Read by inspect.getmodule, which walks every module in sys.modules.
-        stand_in.__file__ = spec.origin if spec is not None else None
+        assert spec is not None
+        stand_in = _stand_in(name, spec)
         sys.modules[name] = stand_in
         setattr(scipy, name.rpartition(".")[2], stand_in)
     return None
@@ -133,22 +131,21 @@ def defer_diffusers_transformers() -> str | None:
     other name (a Flux or SD3 pipeline's `from ...models.transformers import ...`) runs the real
     `__init__`, which finds the submodules already imported.
     """
-    ok, why = shims.versions_supported()
-    if not ok:
-        return why
     name = "diffusers.models.transformers"
-    if name in sys.modules:
-        return f"{name} is already imported"
+    why = _too_late(name)
+    if why:
+        return why
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return f"{name} is not a package"
-    stand_in = _Deferred(name)
-    stand_in.__spec__ = spec
-    stand_in.__file__ = spec.origin
+    stand_in = _stand_in(name, spec)
     stand_in.__path__ = list(spec.submodule_search_locations)
     stand_in.__package__ = name
     sys.modules[name] = stand_in
     return None
+
+
+_loading = threading.RLock()
 
 
 class _Deferred(ModuleType):
@@ -172,7 +169,12 @@ class _Deferred(ModuleType):
         return getattr(real, name)
 
 
-_loading = threading.RLock()
+def _stand_in(name: str, spec: ModuleSpec) -> _Deferred:
+    stand_in = _Deferred(name)
+    stand_in.__spec__ = spec
+    # Read by inspect.getmodule, which walks every module in sys.modules.
+    stand_in.__file__ = spec.origin
+    return stand_in
 
 
 def detection_losses_without_scipy() -> str | None:
