@@ -173,7 +173,7 @@ def test_killed_upload_is_finished_by_the_rerun(s3: S3Env, tmp_path: Path) -> No
     # Requests the killed client had sent are refused (held ones) or finish (ones begun before the
     # hold); count files after that.
     s3.traffic.release()
-    s3.traffic.settle()
+    s3.traffic.in_flight.settle(30.0)
     s3.traffic.reset()
     store = open_store_uri(s3.uri("models"), settings=SMALL_PARTS)
     assert not store.has_artifact("demo", artifact_id), "no manifest: the killed upload is invisible"

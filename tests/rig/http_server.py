@@ -7,7 +7,9 @@ says how a request is handled, this class serves it on a daemon thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
@@ -61,3 +63,35 @@ def handler_calling(
     return type(
         "Handler", (BaseHTTPRequestHandler,), {**{f"do_{m}": call for m in methods}, "log_message": quiet}
     )
+
+
+class InFlight:
+    """How many requests a rig server is answering right now.
+
+    A server records a request once it has answered it, so a client that was killed, or that has
+    just read its response, can be ahead of the record: `settle` waits for the answers to land.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+
+    def settle(self, timeout_s: float, *, strict: bool = True) -> None:
+        """Wait until no request is being answered; after `timeout_s`, raise (strict) or go on."""
+        deadline = time.monotonic() + timeout_s
+        while self.count:
+            if time.monotonic() > deadline:
+                if strict:
+                    raise TimeoutError(f"{self.count} request(s) still being answered after {timeout_s} s")
+                return
+            time.sleep(0.005)

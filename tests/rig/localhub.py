@@ -29,7 +29,6 @@ import json
 import re
 import shutil
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from tests.rig.http_server import LoopbackServer
+from tests.rig.http_server import InFlight, LoopbackServer
 from tests.rig.hub_upload import Received, UploadSide, parse_json, parse_ndjson, read_body
 
 # What `.gitattributes` sends to LFS in a new hub repo (the hub's default template, abridged),
@@ -156,7 +155,7 @@ class LocalHub(LoopbackServer, UploadSide):
         self.stats = Stats()
         self._lock = threading.RLock()
         # Requests being answered right now (the stats settle on none).
-        self.in_flight = 0
+        self.in_flight = InFlight()
         self._commit_counter = 0
         self._init_upload_side()
 
@@ -300,12 +299,10 @@ class LocalHub(LoopbackServer, UploadSide):
 
     # ---- what tests assert -----------------------------------------------------------------------------
 
-    def _settled(self, timeout_s: float = 10.0) -> None:
-        """Wait (a while, at most) for requests being answered: a response's last bytes reach the
-        client before the handler records them, so a test asking right after would see too few."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            time.sleep(0.005)
+    def _settled(self) -> None:
+        """A response's last bytes reach the client before the handler records them: wait a while
+        (at most 10 s, as a test may ask while a download is still going) for answers to land."""
+        self.in_flight.settle(10.0, strict=False)
 
     def reset_stats(self) -> None:
         self._settled()
@@ -538,14 +535,8 @@ class _Handler(BaseHTTPRequestHandler):
         return token
 
     def _dispatch(self, method: str) -> None:
-        hub = self.local_hub
-        with hub._lock:
-            hub.in_flight += 1
-        try:
+        with self.local_hub.in_flight.request():
             self._answer(method)
-        finally:
-            with hub._lock:
-                hub.in_flight -= 1
 
     def _answer(self, method: str) -> None:
         hub = self.local_hub

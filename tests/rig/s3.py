@@ -22,6 +22,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from tests.rig.http_server import InFlight
+
 
 @dataclass(frozen=True)
 class Request:
@@ -68,7 +70,7 @@ class Traffic:
     delay_s: float = 0.0
     throttle: Callable[[Request], bool] | None = None
     # Requests the server has begun and not yet answered (a killed client's last ones included).
-    in_flight: int = 0
+    in_flight: InFlight = field(default_factory=InFlight)
     # Once `hold_from` answers True for a request, that request and every later one waits, and is
     # then refused with 503 unanswered by the store: a client can be killed at an exact point.
     hold_from: Callable[[Request], bool] | None = None
@@ -112,22 +114,6 @@ class Traffic:
     def record(self, req: Request) -> None:
         with self._lock:
             self.requests.append(req)
-
-    def begin(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-
-    def end(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
-    def settle(self, timeout_s: float = 30.0) -> None:
-        """Wait until no request is being answered: what a killed client sent has landed."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.in_flight} S3 request(s) still in flight after {timeout_s} s")
-            time.sleep(0.01)
 
     def select(self, bucket: str | None = None, op: str | None = None) -> list[Request]:
         with self._lock:
@@ -183,11 +169,8 @@ class _Counting:
         path = environ.get("PATH_INFO", "")
         query = environ.get("QUERY_STRING", "")
         op = _op(method, path, query)
-        self.traffic.begin()
-        try:
+        with self.traffic.in_flight.request():
             return self._answer(environ, start_response, method, path, query, op)
-        finally:
-            self.traffic.end()
 
     def _answer(
         self,
